@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# One-time set-up of a fresh machine for building and testing dsrun:
+#   - Debian packages: cmake and libclang-dev (ggml is built from the llama-cpp-sys-2 crate with
+#     CMake, its bindings generated with bindgen);
+#   - the real models of shared/MODELS.md, via scripts/fetch-models.sh.
+# Safe to rerun: installed packages and present models are left alone.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+
+need=()
+for pkg in cmake libclang-dev; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  echo "setup: installing ${need[*]}" >&2
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+"$root/scripts/fetch-models.sh" "$@"

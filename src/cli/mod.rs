@@ -1,0 +1,67 @@
+//! Command-line arguments and the subcommands. Only this layer prints to the terminal.
+
+mod info;
+
+use clap::{Parser, Subcommand};
+use std::fmt;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "dsrun",
+    version,
+    about = "Run sparse Mixture-of-Experts language models locally from GGUF files"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Describe a GGUF model: architecture, sizes, experts, tokenizer, tensor types, memory needed
+    Info(info::InfoArgs),
+    //TMP    /// Generate text from a prompt (argument or stdin) to stdout
+    //TMP    Run(run::RunArgs),
+}
+
+/// A CLI-level error: a library error or an I/O error on stdout, with context.
+#[derive(Debug)]
+pub enum CliError {
+    Lib(dsrun::Error),
+    Stdout(std::io::Error),
+}
+
+impl CliError {
+    /// A reader that closed the pipe (`dsrun info x | head`) is not an error.
+    pub fn is_broken_pipe(&self) -> bool {
+        matches!(self, CliError::Stdout(e) if e.kind() == std::io::ErrorKind::BrokenPipe)
+    }
+}
+
+impl fmt::Display for CliError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CliError::Lib(e) => write!(f, "{e}"),
+            CliError::Stdout(e) => write!(f, "writing to stdout: {e}"),
+        }
+    }
+}
+
+impl From<dsrun::Error> for CliError {
+    fn from(e: dsrun::Error) -> Self {
+        CliError::Lib(e)
+    }
+}
+
+impl From<std::io::Error> for CliError {
+    fn from(e: std::io::Error) -> Self {
+        CliError::Stdout(e)
+    }
+}
+
+pub fn run(cli: Cli) -> Result<(), CliError> {
+    match cli.command {
+        Command::Info(args) => info::run(args),
+        //TMP        Command::Run(args) => run::run(args),
+    }
+}

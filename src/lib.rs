@@ -1,0 +1,14 @@
+//! dsrun: a local inference engine for sparse Mixture-of-Experts language models.
+//!
+//! Layers, with dependencies pointing down: `cli` (in the binary) → `model` → `tensor`;
+//! `model` → `gguf`.
+
+pub mod error;
+pub mod gguf;
+pub mod kernels;
+pub mod model;
+pub mod perplexity;
+pub mod sampling;
+pub mod tensor;
+
+pub use error::{Error, Result};

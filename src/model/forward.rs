@@ -1,0 +1,182 @@
+//! The reference forward pass, one function that reads top to bottom for every architecture of
+//! the table: embed, then per layer norm → QKV → (QK norm) → RoPE → attention → (post-norm) →
+//! residual → norm → FFN or MoE → (post-norm) → residual; then the output norm and projection.
+//! Activations are f32; a batch of tokens goes through each weight matrix together.
+
+use super::arch::FfnAct;
+use super::hparams::HParams;
+use super::kv_cache::KvCache;
+use super::moe::moe_ffn;
+use super::weights::{Ffn, LayerWeights, Weights};
+use crate::kernels::activation::{gelu, glu, silu};
+use crate::kernels::matmul::{dot, matmul};
+use crate::kernels::norm::rms_norm_rows;
+use crate::kernels::rope::RopeParams;
+use crate::kernels::softmax::softmax;
+use rayon::prelude::*;
+
+fn add_bias(x: &mut [f32], b: &Option<Vec<f32>>) {
+    if let Some(b) = b {
+        for row in x.chunks_exact_mut(b.len()) {
+            for (v, &bv) in row.iter_mut().zip(b) {
+                *v += bv;
+            }
+        }
+    }
+}
+
+fn add(x: &mut [f32], y: &[f32]) {
+    for (a, &b) in x.iter_mut().zip(y) {
+        *a += b;
+    }
+}
+
+/// Runs `tokens` at positions `kv.n_past..` through the model, appends their K/V to the cache,
+/// and returns logits (n_out, n_vocab): for every token if `all_logits`, else for the last one.
+pub fn forward(
+    hp: &HParams,
+    w: &Weights,
+    kv: &mut KvCache,
+    tokens: &[u32],
+    all_logits: bool,
+) -> Vec<f32> {
+    let n = tokens.len();
+    let e = hp.n_embd;
+    let pos0 = kv.n_past;
+    assert!(pos0 + n <= kv.n_ctx, "the caller checks the context length");
+
+    // x: (n, n_embd)
+    let mut x = vec![0.0f32; n * e];
+    for (t, &tok) in tokens.iter().enumerate() {
+        w.token_embd
+            .dequantize_row(tok as usize, &mut x[t * e..(t + 1) * e]);
+    }
+    if hp.arch.embd_scale {
+        let s = (e as f32).sqrt();
+        x.iter_mut().for_each(|v| *v *= s);
+    }
+
+    for (il, lw) in w.layers.iter().enumerate() {
+        let mut h = x.clone();
+        rms_norm_rows(&mut h, &lw.attn_norm, hp.rms_eps);
+        let mut attn_out = attention(hp, lw, kv, il, &h, n, pos0);
+        if let Some(pn) = &lw.post_attn_norm {
+            rms_norm_rows(&mut attn_out, pn, hp.rms_eps);
+        }
+        add(&mut x, &attn_out);
+
+        let mut h = x.clone();
+        rms_norm_rows(&mut h, &lw.ffn_norm, hp.rms_eps);
+        let mut ffn_out = match &lw.ffn {
+            Ffn::Dense { gate, up, down } => {
+                let n_ff = gate.n_rows;
+                let mut g = vec![0.0f32; n * n_ff];
+                let mut u = vec![0.0f32; n * n_ff];
+                matmul(gate, &h, n, &mut g);
+                matmul(up, &h, n, &mut u);
+                glu(&mut g, &u, act_fn(hp.arch.ffn_act));
+                let mut out = vec![0.0f32; n * e];
+                matmul(down, &g, n, &mut out);
+                out
+            }
+            Ffn::Moe { .. } => moe_ffn(hp, &lw.ffn, &h, n),
+        };
+        if let Some(pn) = &lw.post_ffn_norm {
+            rms_norm_rows(&mut ffn_out, pn, hp.rms_eps);
+        }
+        add(&mut x, &ffn_out);
+    }
+    kv.n_past = pos0 + n;
+
+    // Output: only the rows whose logits are wanted.
+    let (first, n_out) = if all_logits { (0, n) } else { (n - 1, 1) };
+    let mut xo = x[first * e..].to_vec();
+    rms_norm_rows(&mut xo, &w.output_norm, hp.rms_eps);
+    let mut logits = vec![0.0f32; n_out * hp.n_vocab];
+    matmul(&w.output, &xo, n_out, &mut logits);
+    logits
+}
+
+pub fn act_fn(a: FfnAct) -> fn(f32) -> f32 {
+    match a {
+        FfnAct::Silu => silu,
+        FfnAct::Gelu => gelu,
+    }
+}
+
+/// Self-attention for a batch: projections, QK norm, RoPE, cache update, causal (and windowed)
+/// softmax attention, output projection. `h` is (n, n_embd); returns (n, n_embd).
+fn attention(
+    hp: &HParams,
+    lw: &LayerWeights,
+    kv: &mut KvCache,
+    il: usize,
+    h: &[f32],
+    n: usize,
+    pos0: usize,
+) -> Vec<f32> {
+    let hd = hp.head_dim;
+    let (q_dim, kv_dim) = (hp.n_head * hd, hp.n_head_kv * hd);
+    let mut q = vec![0.0f32; n * q_dim];
+    let mut k = vec![0.0f32; n * kv_dim];
+    let mut v = vec![0.0f32; n * kv_dim];
+    matmul(&lw.wq, h, n, &mut q);
+    matmul(&lw.wk, h, n, &mut k);
+    matmul(&lw.wv, h, n, &mut v);
+    add_bias(&mut q, &lw.bq);
+    add_bias(&mut k, &lw.bk);
+    add_bias(&mut v, &lw.bv);
+    if let Some(qn) = &lw.q_norm {
+        rms_norm_rows(&mut q, qn, hp.rms_eps);
+    }
+    if let Some(kn) = &lw.k_norm {
+        rms_norm_rows(&mut k, kn, hp.rms_eps);
+    }
+    let swa = hp.is_swa_layer(il);
+    let rope = RopeParams {
+        kind: hp.arch.rope,
+        n_rot: hp.n_rot,
+        freq_base: match (swa, hp.arch.swa_rope_base) {
+            (true, Some(b)) => b,
+            _ => hp.rope_base,
+        },
+        freq_scale: hp.rope_scale,
+    };
+    for t in 0..n {
+        rope.apply(&mut q[t * q_dim..(t + 1) * q_dim], hd, pos0 + t);
+        rope.apply(&mut k[t * kv_dim..(t + 1) * kv_dim], hd, pos0 + t);
+    }
+    kv.k[il][pos0 * kv_dim..(pos0 + n) * kv_dim].copy_from_slice(&k);
+    kv.v[il][pos0 * kv_dim..(pos0 + n) * kv_dim].copy_from_slice(&v);
+
+    let scale = 1.0 / (hd as f32).sqrt();
+    let group = hp.n_head / hp.n_head_kv;
+    let window = if swa { hp.sliding_window } else { None };
+    let (kc, vc) = (&kv.k[il], &kv.v[il]);
+    // out: (n, n_head * hd); one task per (token, head).
+    let mut out = vec![0.0f32; n * q_dim];
+    out.par_chunks_exact_mut(hd)
+        .enumerate()
+        .for_each(|(idx, o)| {
+            let (t, head) = (idx / hp.n_head, idx % hp.n_head);
+            let pos = pos0 + t;
+            let lo = window.map_or(0, |w| (pos + 1).saturating_sub(w));
+            let kvh = head / group;
+            let qv = &q[t * q_dim + head * hd..t * q_dim + (head + 1) * hd];
+            // scores over positions lo..=pos
+            let mut s: Vec<f32> = (lo..=pos)
+                .map(|j| dot(qv, &kc[j * kv_dim + kvh * hd..j * kv_dim + (kvh + 1) * hd]) * scale)
+                .collect();
+            softmax(&mut s);
+            o.fill(0.0);
+            for (p, j) in s.iter().zip(lo..=pos) {
+                let vv = &vc[j * kv_dim + kvh * hd..j * kv_dim + (kvh + 1) * hd];
+                for (a, &b) in o.iter_mut().zip(vv) {
+                    *a += p * b;
+                }
+            }
+        });
+    let mut res = vec![0.0f32; n * hp.n_embd];
+    matmul(&lw.wo, &out, n, &mut res);
+    res
+}

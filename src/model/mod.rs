@@ -1,0 +1,14 @@
+//! Models: what a GGUF file describes (hyperparameters, tensors) and the reference forward pass.
+
+pub mod arch;
+pub mod forward;
+pub mod hparams;
+pub mod info;
+pub mod kv_cache;
+pub mod moe;
+pub mod weights;
+
+pub use hparams::HParams;
+pub use info::ModelInfo;
+pub use kv_cache::KvCache;
+pub use weights::Weights;
