@@ -20,3 +20,4 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 "$root/scripts/fetch-models.sh" "$@"
+"$root/scripts/fetch-vocab-tests.sh"

@@ -3,6 +3,8 @@
 //! Layers, with dependencies pointing down: `cli` (in the binary) → `model` → `tensor`;
 //! `model` → `gguf`.
 
+pub mod chat_template;
+pub mod engine;
 pub mod error;
 pub mod gguf;
 pub mod kernels;
@@ -10,5 +12,6 @@ pub mod model;
 pub mod perplexity;
 pub mod sampling;
 pub mod tensor;
+pub mod tokenizer;
 
 pub use error::{Error, Result};

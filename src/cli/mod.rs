@@ -1,6 +1,10 @@
 //! Command-line arguments and the subcommands. Only this layer prints to the terminal.
 
+mod chat;
+mod common;
 mod info;
+mod perplexity;
+mod run;
 
 use clap::{Parser, Subcommand};
 use std::fmt;
@@ -20,8 +24,12 @@ pub struct Cli {
 pub enum Command {
     /// Describe a GGUF model: architecture, sizes, experts, tokenizer, tensor types, memory needed
     Info(info::InfoArgs),
-    //TMP    /// Generate text from a prompt (argument or stdin) to stdout
-    //TMP    Run(run::RunArgs),
+    /// Generate text from a prompt (argument or stdin) to stdout
+    Run(run::RunArgs),
+    /// Chat with a model in the terminal, with its own chat template
+    Chat(chat::ChatArgs),
+    /// Perplexity of a text file (llama-perplexity's method), or KL divergence from a reference
+    Perplexity(perplexity::PerplexityArgs),
 }
 
 /// A CLI-level error: a library error or an I/O error on stdout, with context.
@@ -62,6 +70,8 @@ impl From<std::io::Error> for CliError {
 pub fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Info(args) => info::run(args),
-        //TMP        Command::Run(args) => run::run(args),
+        Command::Run(args) => run::run(args),
+        Command::Chat(args) => chat::run(args),
+        Command::Perplexity(args) => perplexity::run(args),
     }
 }

@@ -8,13 +8,29 @@
 use crate::tensor::TensorView;
 use rayon::prelude::*;
 
-/// Sequential dot product (the reference order of additions).
+/// Dot product with eight interleaved partial sums (lane i sums elements i, i+8, …), added
+/// pairwise at the end. The fixed order makes it deterministic, and independent lanes let the
+/// compiler use SIMD registers on any target (a single running sum cannot be vectorised).
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut s = 0.0f32;
-    for (x, y) in a.iter().zip(b) {
-        s += x * y;
+    let n = a.len().min(b.len());
+    let mut acc = [0.0f32; 8];
+    let (ac, bc) = (a[..n].chunks_exact(8), b[..n].chunks_exact(8));
+    let (ar, br) = (ac.remainder(), bc.remainder());
+    for (x, y) in ac.zip(bc) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
     }
-    s
+    for (i, (x, y)) in ar.iter().zip(br).enumerate() {
+        acc[i] += x * y;
+    }
+    let s4 = [
+        acc[0] + acc[4],
+        acc[1] + acc[5],
+        acc[2] + acc[6],
+        acc[3] + acc[7],
+    ];
+    (s4[0] + s4[2]) + (s4[1] + s4[3])
 }
 
 /// `out[t][r] = W[r] · x[t]` for `n_tok` tokens. `x` is (n_tok, n_cols), `out` is (n_tok, n_rows).

@@ -3,6 +3,8 @@
 //! evaluated from an empty cache, and only the second half of each chunk is scored (so every
 //! scored token has at least n_ctx/2 tokens of context).
 
+pub mod base_file;
+
 /// Running totals over scored tokens.
 #[derive(Debug, Clone, Default)]
 pub struct PplStats {
@@ -103,5 +105,89 @@ mod tests {
         assert_eq!(c[1][0], 1);
         assert_eq!(c[1][1], 19);
         assert_eq!(chunks(&toks, 8, Some(1), None).len(), 1);
+    }
+}
+
+/// KL divergence of the log-probabilities `cur` from the reference `base` (both log-softmax
+/// over the vocabulary): `sum p_base * (log p_base - log p_cur)`.
+pub fn kl_divergence(base_logp: &[f32], cur_logp: &[f32]) -> f64 {
+    base_logp
+        .iter()
+        .zip(cur_logp)
+        .map(|(&b, &c)| {
+            let p = (b as f64).exp();
+            if p > 0.0 {
+                p * (b as f64 - c as f64)
+            } else {
+                0.0
+            }
+        })
+        .sum()
+}
+
+/// `log softmax(logits)` as f32.
+pub fn log_softmax(logits: &[f32]) -> Vec<f32> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let sum: f64 = logits.iter().map(|&l| (l as f64 - max).exp()).sum();
+    let lse = max + sum.ln();
+    logits.iter().map(|&l| (l as f64 - lse) as f32).collect()
+}
+
+/// Summary of per-token KL divergences and top-token agreement.
+#[derive(Debug, Clone, Default)]
+pub struct KldStats {
+    pub klds: Vec<f64>,
+    pub same_top: u64,
+}
+
+impl KldStats {
+    pub fn mean(&self) -> f64 {
+        self.klds.iter().sum::<f64>() / self.klds.len().max(1) as f64
+    }
+
+    /// Standard error of the mean.
+    pub fn mean_err(&self) -> f64 {
+        let n = self.klds.len() as f64;
+        if n < 2.0 {
+            return 0.0;
+        }
+        let m = self.mean();
+        let var = self.klds.iter().map(|k| (k - m).powi(2)).sum::<f64>() / (n - 1.0);
+        (var / n).sqrt()
+    }
+
+    /// The q-quantile (0..=1) of the per-token KLDs.
+    pub fn quantile(&self, q: f64) -> f64 {
+        if self.klds.is_empty() {
+            return 0.0;
+        }
+        let mut v = self.klds.clone();
+        v.sort_by(f64::total_cmp);
+        let i = ((v.len() - 1) as f64 * q).round() as usize;
+        v[i]
+    }
+
+    pub fn same_top_frac(&self) -> f64 {
+        self.same_top as f64 / self.klds.len().max(1) as f64
+    }
+}
+
+#[cfg(test)]
+mod kld_tests {
+    use super::*;
+
+    #[test]
+    fn kld_is_zero_for_equal_and_positive_otherwise() {
+        let a = log_softmax(&[1.0, 2.0, 3.0]);
+        let b = log_softmax(&[3.0, 2.0, 1.0]);
+        assert!(kl_divergence(&a, &a).abs() < 1e-9);
+        assert!(kl_divergence(&a, &b) > 0.1);
+        let s = KldStats {
+            klds: vec![0.0, 1.0, 2.0, 3.0],
+            same_top: 2,
+        };
+        assert_eq!(s.mean(), 1.5);
+        assert_eq!(s.quantile(0.5), 2.0);
+        assert_eq!(s.same_top_frac(), 0.5);
     }
 }

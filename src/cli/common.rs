@@ -1,0 +1,87 @@
+//! Options shared by the subcommands that run a model.
+
+use clap::Args;
+use dsrun::sampling::SamplerConfig;
+use std::path::PathBuf;
+
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// GGUF model file
+    #[arg(short = 'm', long = "model")]
+    pub model: PathBuf,
+    /// Context size in tokens [default: 4096; perplexity: 512] (0: the model's training context)
+    #[arg(short = 'c', long = "ctx-size")]
+    pub ctx_size: Option<usize>,
+    /// Tokens per batch when evaluating a prompt
+    #[arg(short = 'b', long = "batch-size", default_value_t = 512)]
+    pub batch_size: usize,
+    /// Threads (default: all cores)
+    #[arg(short = 't', long = "threads")]
+    pub threads: Option<usize>,
+}
+
+impl ModelArgs {
+    /// Sets the worker pool size once for the process.
+    pub fn init_threads(&self) {
+        if let Some(t) = self.threads {
+            // An error only means a pool exists already, which keeps its size.
+            let _ = rayon::ThreadPoolBuilder::new()
+                .num_threads(t.max(1))
+                .build_global();
+        }
+    }
+
+    /// The context size: `-c`, else `default`; 0 means the model's training context.
+    pub fn n_ctx(&self, default: usize, n_ctx_train: usize) -> usize {
+        match self.ctx_size.unwrap_or(default) {
+            0 => n_ctx_train,
+            n => n,
+        }
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct SampleArgs {
+    /// Temperature (0: greedy)
+    #[arg(long, default_value_t = 0.8)]
+    pub temp: f32,
+    /// Keep the K most likely tokens (0: off)
+    #[arg(long = "top-k", default_value_t = 40)]
+    pub top_k: usize,
+    /// Keep the most likely tokens up to this probability mass (1.0: off)
+    #[arg(long = "top-p", default_value_t = 0.95)]
+    pub top_p: f32,
+    /// Drop tokens below this fraction of the top token's probability (0.0: off)
+    #[arg(long = "min-p", default_value_t = 0.05)]
+    pub min_p: f32,
+    /// Penalise repeats of recent tokens (1.0: off)
+    #[arg(long = "repeat-penalty", default_value_t = 1.0)]
+    pub repeat_penalty: f32,
+    /// How many recent tokens the repeat penalty considers
+    #[arg(long = "repeat-last-n", default_value_t = 64)]
+    pub repeat_last_n: usize,
+    /// Random seed (default: a new one each run, printed with the statistics)
+    #[arg(short = 's', long)]
+    pub seed: Option<u64>,
+}
+
+impl SampleArgs {
+    pub fn config(&self) -> SamplerConfig {
+        let seed = self.seed.unwrap_or_else(|| {
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0);
+            t ^ (std::process::id() as u64) << 32
+        });
+        SamplerConfig {
+            temp: self.temp,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            repeat_penalty: self.repeat_penalty,
+            repeat_last_n: self.repeat_last_n,
+            seed,
+        }
+    }
+}

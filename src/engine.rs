@@ -1,0 +1,215 @@
+//! The engine: a loaded model (hyperparameters, weights, tokenizer) and sessions over it that
+//! keep a KV cache, evaluate prompts in batches and generate tokens. Nothing here prints; the
+//! caller receives tokens through a callback and timings in `GenStats`.
+
+use crate::error::{Error, Result};
+use crate::gguf::GgufFile;
+use crate::model::forward::forward;
+use crate::model::{HParams, KvCache, Weights};
+use crate::sampling::Sampler;
+use crate::tokenizer::Tokenizer;
+use std::ops::ControlFlow;
+use std::time::{Duration, Instant};
+
+/// A model ready to run, borrowing its tensors from the mapped file.
+pub struct Model<'a> {
+    pub file: &'a GgufFile,
+    pub hp: HParams,
+    pub weights: Weights<'a>,
+    pub tokenizer: Tokenizer,
+}
+
+impl<'a> Model<'a> {
+    pub fn load(file: &'a GgufFile) -> Result<Model<'a>> {
+        file.check_supported()?;
+        let hp = HParams::from_gguf(file)?;
+        let weights = Weights::load(file, &hp)?;
+        let tokenizer = Tokenizer::from_gguf(file)?;
+        if tokenizer.n_vocab() != hp.n_vocab {
+            return Err(Error::Invalid(format!(
+                "the tokenizer has {} tokens but the output layer {}",
+                tokenizer.n_vocab(),
+                hp.n_vocab
+            )));
+        }
+        Ok(Model {
+            file,
+            hp,
+            weights,
+            tokenizer,
+        })
+    }
+}
+
+/// Prompt and generation timings of one call.
+#[derive(Debug, Clone, Default)]
+pub struct GenStats {
+    pub n_prompt: usize,
+    pub n_gen: usize,
+    pub prompt_time: Duration,
+    pub gen_time: Duration,
+    /// Why generation stopped.
+    pub stop: StopReason,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum StopReason {
+    #[default]
+    Limit,
+    EndOfGeneration,
+    ContextFull,
+    Caller,
+}
+
+impl GenStats {
+    pub fn prompt_tps(&self) -> f64 {
+        self.n_prompt as f64 / self.prompt_time.as_secs_f64().max(1e-9)
+    }
+    pub fn gen_tps(&self) -> f64 {
+        self.n_gen as f64 / self.gen_time.as_secs_f64().max(1e-9)
+    }
+}
+
+/// One conversation or stream with its own KV cache.
+pub struct Session<'m, 'a> {
+    pub model: &'m Model<'a>,
+    pub kv: KvCache,
+    pub n_batch: usize,
+    /// Tokens whose K/V are in the cache, in order.
+    pub tokens: Vec<u32>,
+}
+
+impl<'m, 'a> Session<'m, 'a> {
+    pub fn new(model: &'m Model<'a>, n_ctx: usize, n_batch: usize) -> Result<Self> {
+        if n_ctx == 0 {
+            return Err(Error::Invalid(
+                "the context size (-c) must be at least 1".into(),
+            ));
+        }
+        let hp = &model.hp;
+        Ok(Session {
+            model,
+            kv: KvCache::new(hp.n_layer, n_ctx, hp.n_head_kv * hp.head_dim),
+            n_batch: n_batch.max(1),
+            tokens: Vec::new(),
+        })
+    }
+
+    pub fn n_ctx(&self) -> usize {
+        self.kv.n_ctx
+    }
+
+    pub fn clear(&mut self) {
+        self.kv.clear();
+        self.tokens.clear();
+    }
+
+    /// Drops cached tokens from position `n` on.
+    pub fn truncate(&mut self, n: usize) {
+        self.kv.truncate(n);
+        self.tokens.truncate(n);
+    }
+
+    /// Evaluates `tokens` after the cached ones, in batches; returns the logits of the last.
+    pub fn eval(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+        self.check_fits(tokens)?;
+        let mut logits = Vec::new();
+        for batch in tokens.chunks(self.n_batch) {
+            logits = forward(
+                &self.model.hp,
+                &self.model.weights,
+                &mut self.kv,
+                batch,
+                false,
+            );
+            self.tokens.extend_from_slice(batch);
+        }
+        Ok(logits)
+    }
+
+    /// Evaluates `tokens` after the cached ones and returns the logits of every one of them
+    /// (n, n_vocab), as perplexity needs.
+    pub fn eval_all(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+        self.check_fits(tokens)?;
+        let mut logits = Vec::with_capacity(tokens.len() * self.model.hp.n_vocab);
+        for batch in tokens.chunks(self.n_batch) {
+            logits.extend(forward(
+                &self.model.hp,
+                &self.model.weights,
+                &mut self.kv,
+                batch,
+                true,
+            ));
+            self.tokens.extend_from_slice(batch);
+        }
+        Ok(logits)
+    }
+
+    fn check_fits(&self, tokens: &[u32]) -> Result<()> {
+        if tokens.is_empty() {
+            return Err(Error::Invalid("nothing to evaluate".into()));
+        }
+        if self.tokens.len() + tokens.len() > self.n_ctx() {
+            return Err(Error::Invalid(format!(
+                "{} tokens do not fit in the context: {} of {} are used (raise -c)",
+                tokens.len(),
+                self.tokens.len(),
+                self.n_ctx()
+            )));
+        }
+        let n_vocab = self.model.hp.n_vocab as u32;
+        if let Some(&bad) = tokens.iter().find(|&&t| t >= n_vocab) {
+            return Err(Error::Invalid(format!(
+                "token id {bad} is outside the vocabulary"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Evaluates the prompt, then samples up to `n_predict` tokens (unbounded if `None`), calling
+    /// `on_token` with each; stops at end-of-generation, a full context, or when `on_token`
+    /// breaks.
+    pub fn generate(
+        &mut self,
+        prompt: &[u32],
+        n_predict: Option<usize>,
+        sampler: &mut Sampler,
+        mut on_token: impl FnMut(u32) -> ControlFlow<()>,
+    ) -> Result<GenStats> {
+        let mut st = GenStats {
+            n_prompt: prompt.len(),
+            ..Default::default()
+        };
+        let t0 = Instant::now();
+        for &t in prompt {
+            sampler.accept(t);
+        }
+        let mut logits = self.eval(prompt)?;
+        st.prompt_time = t0.elapsed();
+        let t1 = Instant::now();
+        loop {
+            if n_predict.is_some_and(|n| st.n_gen >= n) {
+                st.stop = StopReason::Limit;
+                break;
+            }
+            let tok = sampler.sample(&logits);
+            sampler.accept(tok);
+            if self.model.tokenizer.is_eog(tok) {
+                st.stop = StopReason::EndOfGeneration;
+                break;
+            }
+            st.n_gen += 1;
+            if on_token(tok).is_break() {
+                st.stop = StopReason::Caller;
+                break;
+            }
+            if self.tokens.len() >= self.n_ctx() {
+                st.stop = StopReason::ContextFull;
+                break;
+            }
+            logits = self.eval(&[tok])?;
+        }
+        st.gen_time = t1.elapsed();
+        Ok(st)
+    }
+}
