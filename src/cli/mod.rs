@@ -1,5 +1,6 @@
 //! Command-line arguments and the subcommands. Only this layer prints to the terminal.
 
+mod bench;
 mod chat;
 mod common;
 mod info;
@@ -30,6 +31,8 @@ pub enum Command {
     Chat(chat::ChatArgs),
     /// Perplexity of a text file (llama-perplexity's method), or KL divergence from a reference
     Perplexity(perplexity::PerplexityArgs),
+    /// Prompt and generation speed, measured as llama-bench does
+    Bench(bench::BenchArgs),
 }
 
 /// A CLI-level error: a library error or an I/O error on stdout, with context.
@@ -73,5 +76,6 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Run(args) => run::run(args),
         Command::Chat(args) => chat::run(args),
         Command::Perplexity(args) => perplexity::run(args),
+        Command::Bench(args) => bench::run(args),
     }
 }

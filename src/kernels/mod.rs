@@ -4,5 +4,28 @@
 pub mod activation;
 pub mod matmul;
 pub mod norm;
+pub mod qdot;
 pub mod rope;
 pub mod softmax;
+
+use crate::tensor::TensorView;
+use std::sync::OnceLock;
+
+/// Whether `DSRUN_REFERENCE=1` asks for the plain f32 matrix products (decode each weight row
+/// to f32, f32 dot) instead of the quantized-activation kernels: for checking one against the
+/// other end to end.
+fn reference_matmul() -> bool {
+    static REF: OnceLock<bool> = OnceLock::new();
+    *REF.get_or_init(|| std::env::var("DSRUN_REFERENCE").is_ok_and(|v| v == "1"))
+}
+
+/// The matrix product the forward pass uses: `out[t][r] = W[r] · x[t]`, `x` (n_tok, n_cols),
+/// `out` (n_tok, n_rows). By default the quantized kernels of [`qdot`] (activations quantized
+/// to 8 bits as ggml does, SIMD chosen at run time); the f32 reference with `DSRUN_REFERENCE=1`.
+pub fn linear(w: &TensorView, x: &[f32], n_tok: usize, out: &mut [f32]) {
+    if reference_matmul() {
+        matmul::matmul(w, x, n_tok, out)
+    } else {
+        qdot::qmatmul(w, x, n_tok, out)
+    }
+}

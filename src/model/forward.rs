@@ -9,10 +9,11 @@ use super::kv_cache::KvCache;
 use super::moe::moe_ffn;
 use super::weights::{Ffn, LayerWeights, Weights};
 use crate::kernels::activation::{gelu, glu, silu};
-use crate::kernels::matmul::{dot, matmul};
+use crate::kernels::linear;
 use crate::kernels::norm::rms_norm_rows;
 use crate::kernels::rope::RopeParams;
 use crate::kernels::softmax::softmax;
+use half::f16;
 use rayon::prelude::*;
 
 fn add_bias(x: &mut [f32], b: &Option<Vec<f32>>) {
@@ -72,11 +73,11 @@ pub fn forward(
                 let n_ff = gate.n_rows;
                 let mut g = vec![0.0f32; n * n_ff];
                 let mut u = vec![0.0f32; n * n_ff];
-                matmul(gate, &h, n, &mut g);
-                matmul(up, &h, n, &mut u);
+                linear(gate, &h, n, &mut g);
+                linear(up, &h, n, &mut u);
                 glu(&mut g, &u, act_fn(hp.arch.ffn_act));
                 let mut out = vec![0.0f32; n * e];
-                matmul(down, &g, n, &mut out);
+                linear(down, &g, n, &mut out);
                 out
             }
             Ffn::Moe { .. } => moe_ffn(hp, &lw.ffn, &h, n),
@@ -93,8 +94,21 @@ pub fn forward(
     let mut xo = x[first * e..].to_vec();
     rms_norm_rows(&mut xo, &w.output_norm, hp.rms_eps);
     let mut logits = vec![0.0f32; n_out * hp.n_vocab];
-    matmul(&w.output, &xo, n_out, &mut logits);
+    linear(&w.output, &xo, n_out, &mut logits);
     logits
+}
+
+/// `a · b` with `b` stored in f16 (a cached key row), eight partial sums as [`dot`].
+///
+/// [`dot`]: crate::kernels::matmul::dot
+fn dot_f16(a: &[f32], b: &[f16]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    for (x, y) in a.chunks(8).zip(b.chunks(8)) {
+        for i in 0..x.len() {
+            acc[i] += x[i] * y[i].to_f32();
+        }
+    }
+    acc.iter().sum()
 }
 
 pub fn act_fn(a: FfnAct) -> fn(f32) -> f32 {
@@ -120,9 +134,9 @@ fn attention(
     let mut q = vec![0.0f32; n * q_dim];
     let mut k = vec![0.0f32; n * kv_dim];
     let mut v = vec![0.0f32; n * kv_dim];
-    matmul(&lw.wq, h, n, &mut q);
-    matmul(&lw.wk, h, n, &mut k);
-    matmul(&lw.wv, h, n, &mut v);
+    linear(&lw.wq, h, n, &mut q);
+    linear(&lw.wk, h, n, &mut k);
+    linear(&lw.wv, h, n, &mut v);
     add_bias(&mut q, &lw.bq);
     add_bias(&mut k, &lw.bk);
     add_bias(&mut v, &lw.bv);
@@ -146,8 +160,7 @@ fn attention(
         rope.apply(&mut q[t * q_dim..(t + 1) * q_dim], hd, pos0 + t);
         rope.apply(&mut k[t * kv_dim..(t + 1) * kv_dim], hd, pos0 + t);
     }
-    kv.k[il][pos0 * kv_dim..(pos0 + n) * kv_dim].copy_from_slice(&k);
-    kv.v[il][pos0 * kv_dim..(pos0 + n) * kv_dim].copy_from_slice(&v);
+    kv.store(il, pos0, &k, &v);
 
     let scale = 1.0 / (hd as f32).sqrt();
     let group = hp.n_head / hp.n_head_kv;
@@ -165,18 +178,20 @@ fn attention(
             let qv = &q[t * q_dim + head * hd..t * q_dim + (head + 1) * hd];
             // scores over positions lo..=pos
             let mut s: Vec<f32> = (lo..=pos)
-                .map(|j| dot(qv, &kc[j * kv_dim + kvh * hd..j * kv_dim + (kvh + 1) * hd]) * scale)
+                .map(|j| {
+                    dot_f16(qv, &kc[j * kv_dim + kvh * hd..j * kv_dim + (kvh + 1) * hd]) * scale
+                })
                 .collect();
             softmax(&mut s);
             o.fill(0.0);
             for (p, j) in s.iter().zip(lo..=pos) {
                 let vv = &vc[j * kv_dim + kvh * hd..j * kv_dim + (kvh + 1) * hd];
                 for (a, &b) in o.iter_mut().zip(vv) {
-                    *a += p * b;
+                    *a += p * b.to_f32();
                 }
             }
         });
     let mut res = vec![0.0f32; n * hp.n_embd];
-    matmul(&lw.wo, &out, n, &mut res);
+    linear(&lw.wo, &out, n, &mut res);
     res
 }

@@ -1,11 +1,13 @@
-//! The key/value cache of the reference path: f32, one (n_ctx, n_head_kv * head_dim) buffer per
-//! layer for K and one for V, indexed by position.
+//! The key/value cache: f16 (as llama.cpp's default cache type), one (n_ctx, n_head_kv * head_dim)
+//! buffer per layer for K and one for V, indexed by position.
+
+use half::f16;
 
 pub struct KvCache {
     pub n_ctx: usize,
     pub kv_dim: usize,
-    pub k: Vec<Vec<f32>>,
-    pub v: Vec<Vec<f32>>,
+    pub k: Vec<Vec<f16>>,
+    pub v: Vec<Vec<f16>>,
     /// Positions 0..n_past hold valid entries.
     pub n_past: usize,
 }
@@ -15,8 +17,12 @@ impl KvCache {
         KvCache {
             n_ctx,
             kv_dim,
-            k: (0..n_layer).map(|_| vec![0.0; n_ctx * kv_dim]).collect(),
-            v: (0..n_layer).map(|_| vec![0.0; n_ctx * kv_dim]).collect(),
+            k: (0..n_layer)
+                .map(|_| vec![f16::ZERO; n_ctx * kv_dim])
+                .collect(),
+            v: (0..n_layer)
+                .map(|_| vec![f16::ZERO; n_ctx * kv_dim])
+                .collect(),
             n_past: 0,
         }
     }
@@ -30,7 +36,18 @@ impl KvCache {
         self.n_past = self.n_past.min(n);
     }
 
+    /// Stores the K and V rows of positions `pos..pos + n` of layer `il` (rounded to f16).
+    pub fn store(&mut self, il: usize, pos: usize, k: &[f32], v: &[f32]) {
+        let (a, b) = (pos * self.kv_dim, pos * self.kv_dim + k.len());
+        for (d, &s) in self.k[il][a..b].iter_mut().zip(k) {
+            *d = f16::from_f32(s);
+        }
+        for (d, &s) in self.v[il][a..b].iter_mut().zip(v) {
+            *d = f16::from_f32(s);
+        }
+    }
+
     pub fn bytes(&self) -> usize {
-        2 * self.k.len() * self.n_ctx * self.kv_dim * 4
+        2 * self.k.len() * self.n_ctx * self.kv_dim * 2
     }
 }

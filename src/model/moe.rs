@@ -6,7 +6,7 @@ use super::forward::act_fn;
 use super::hparams::HParams;
 use super::weights::Ffn;
 use crate::kernels::activation::glu;
-use crate::kernels::matmul::matmul;
+use crate::kernels::linear;
 use crate::kernels::softmax::softmax;
 
 /// Top-k by probability, highest first; ties go to the lower expert id.
@@ -31,7 +31,7 @@ pub fn moe_ffn(hp: &HParams, ffn: &Ffn, h: &[f32], n: usize) -> Vec<f32> {
     };
     let (e, n_ff, ne) = (hp.n_embd, *n_ff, hp.n_expert);
     let mut logits = vec![0.0f32; n * ne];
-    matmul(router, h, n, &mut logits);
+    linear(router, h, n, &mut logits);
 
     // Per expert: the tokens routed to it and their weights.
     let mut routed: Vec<Vec<(usize, f32)>> = vec![Vec::new(); ne];
@@ -57,11 +57,11 @@ pub fn moe_ffn(hp: &HParams, ffn: &Ffn, h: &[f32], n: usize) -> Vec<f32> {
         }
         let mut g = vec![0.0f32; m * n_ff];
         let mut u = vec![0.0f32; m * n_ff];
-        matmul(&gate.rows(x * n_ff, n_ff), &hx, m, &mut g);
-        matmul(&up.rows(x * n_ff, n_ff), &hx, m, &mut u);
+        linear(&gate.rows(x * n_ff, n_ff), &hx, m, &mut g);
+        linear(&up.rows(x * n_ff, n_ff), &hx, m, &mut u);
         glu(&mut g, &u, act_fn(hp.arch.ffn_act));
         let mut d = vec![0.0f32; m * e];
-        matmul(&down.rows(x * e, e), &g, m, &mut d);
+        linear(&down.rows(x * e, e), &g, m, &mut d);
         for (i, &(t, wt)) in toks.iter().enumerate() {
             for (o, &v) in out[t * e..(t + 1) * e]
                 .iter_mut()

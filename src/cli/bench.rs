@@ -1,0 +1,224 @@
+//! `dsrun bench`: prompt-processing and generation speed measured as llama-bench measures them —
+//! ppN evaluates N tokens from an empty cache in batches, tgN generates N tokens one at a time
+//! from an empty cache — each after one warm-up run, repeated `-r` times, reported as mean ± std
+//! tokens per second, as a markdown table or as JSON with llama-bench's field names.
+
+use super::CliError;
+use clap::Args;
+use dsrun::engine::{Model, Session};
+use dsrun::gguf::GgufFile;
+use dsrun::Error;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// GGUF model file
+    #[arg(short = 'm', long = "model")]
+    pub model: PathBuf,
+    /// Prompt lengths to test (comma-separated; 0 skips)
+    #[arg(
+        short = 'p',
+        long = "n-prompt",
+        value_delimiter = ',',
+        default_value = "512"
+    )]
+    pub n_prompt: Vec<usize>,
+    /// Generation lengths to test (comma-separated; 0 skips)
+    #[arg(
+        short = 'n',
+        long = "n-gen",
+        value_delimiter = ',',
+        default_value = "128"
+    )]
+    pub n_gen: Vec<usize>,
+    /// Thread counts to test (comma-separated)
+    #[arg(short = 't', long = "threads", value_delimiter = ',')]
+    pub threads: Vec<usize>,
+    /// Batch size for prompt processing
+    #[arg(short = 'b', long = "batch-size", default_value_t = 512)]
+    pub batch_size: usize,
+    /// Repetitions of each test
+    #[arg(short = 'r', long = "repetitions", default_value_t = 5)]
+    pub reps: usize,
+    /// Output format: md or json
+    #[arg(short = 'o', long = "output", default_value = "md")]
+    pub output: String,
+}
+
+struct Result1 {
+    threads: usize,
+    n_prompt: usize,
+    n_gen: usize,
+    samples_ns: Vec<u128>,
+}
+
+impl Result1 {
+    fn n_tokens(&self) -> usize {
+        self.n_prompt + self.n_gen
+    }
+    fn ts(&self) -> Vec<f64> {
+        self.samples_ns
+            .iter()
+            .map(|&ns| self.n_tokens() as f64 * 1e9 / ns.max(1) as f64)
+            .collect()
+    }
+    fn mean_std(v: &[f64]) -> (f64, f64) {
+        let n = v.len() as f64;
+        let m = v.iter().sum::<f64>() / n;
+        let var = if v.len() > 1 {
+            v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0)
+        } else {
+            0.0
+        };
+        (m, var.sqrt())
+    }
+    fn test_name(&self) -> String {
+        if self.n_gen == 0 {
+            format!("pp{}", self.n_prompt)
+        } else {
+            format!("tg{}", self.n_gen)
+        }
+    }
+}
+
+/// Pseudo-random token ids (llama-bench also feeds random tokens).
+fn tokens(n: usize, n_vocab: usize, seed: u64) -> Vec<u32> {
+    let mut s = seed | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s % n_vocab as u64) as u32
+        })
+        .collect()
+}
+
+fn run_test(
+    model: &Model,
+    n_ctx: usize,
+    batch: usize,
+    n_prompt: usize,
+    n_gen: usize,
+) -> Result<u128, Error> {
+    let mut s = Session::new(model, n_ctx, batch)?;
+    let nv = model.hp.n_vocab;
+    let t0 = Instant::now();
+    if n_prompt > 0 {
+        s.eval(&tokens(n_prompt, nv, 7))?;
+    }
+    let mut tok = tokens(1, nv, 11)[0];
+    for _ in 0..n_gen {
+        let logits = s.eval(&[tok])?;
+        tok = dsrun::sampling::argmax(&logits);
+    }
+    Ok(t0.elapsed().as_nanos())
+}
+
+pub fn run(args: BenchArgs) -> Result<(), CliError> {
+    let file = GgufFile::open(&args.model)?;
+    let model = Model::load(&file)?;
+    let threads = if args.threads.is_empty() {
+        vec![std::thread::available_parallelism().map_or(1, |n| n.get())]
+    } else {
+        args.threads.clone()
+    };
+    if !matches!(args.output.as_str(), "md" | "json") {
+        return Err(Error::Invalid(format!(
+            "unknown output format {:?} (md or json)",
+            args.output
+        ))
+        .into());
+    }
+    let mut tests = Vec::new();
+    for &p in args.n_prompt.iter().filter(|&&p| p > 0) {
+        tests.push((p, 0));
+    }
+    for &n in args.n_gen.iter().filter(|&&n| n > 0) {
+        tests.push((0, n));
+    }
+    let mut results = Vec::new();
+    for &t in &threads {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(t.max(1))
+            .build()
+            .map_err(|e| Error::Invalid(format!("cannot start {t} threads: {e}")))?;
+        for &(p, n) in &tests {
+            let n_ctx = (p + n).max(1);
+            let samples = pool.install(|| -> Result<Vec<u128>, Error> {
+                run_test(&model, n_ctx, args.batch_size, p, n)?; // warm-up
+                (0..args.reps.max(1))
+                    .map(|_| run_test(&model, n_ctx, args.batch_size, p, n))
+                    .collect()
+            })?;
+            let r = Result1 {
+                threads: t,
+                n_prompt: p,
+                n_gen: n,
+                samples_ns: samples,
+            };
+            if args.output == "md" {
+                let (m, sd) = Result1::mean_std(&r.ts());
+                eprintln!("dsrun bench: t={t} {}: {m:.2} ± {sd:.2} t/s", r.test_name());
+            }
+            results.push(r);
+        }
+    }
+    let mut out = std::io::stdout().lock();
+    let name = file
+        .path()
+        .file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let size = file.tensors.iter().map(|t| t.n_bytes).sum::<u64>();
+    let params = file.tensors.iter().map(|t| t.n_elements()).sum::<u64>();
+    if args.output == "json" {
+        let arr: Vec<serde_json::Value> = results
+            .iter()
+            .map(|r| {
+                let ts = r.ts();
+                let (m, sd) = Result1::mean_std(&ts);
+                let ns: Vec<f64> = r.samples_ns.iter().map(|&x| x as f64).collect();
+                let (mn, sn) = Result1::mean_std(&ns);
+                serde_json::json!({
+                    "model_filename": args.model.display().to_string(),
+                    "model_type": model.hp.arch.name,
+                    "model_size": size,
+                    "model_n_params": params,
+                    "n_batch": args.batch_size,
+                    "n_threads": r.threads,
+                    "n_prompt": r.n_prompt,
+                    "n_gen": r.n_gen,
+                    "avg_ns": mn as u64,
+                    "stddev_ns": sn as u64,
+                    "avg_ts": m,
+                    "stddev_ts": sd,
+                    "samples_ns": r.samples_ns,
+                    "samples_ts": ts,
+                })
+            })
+            .collect();
+        writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&arr).expect("serializable")
+        )?;
+    } else {
+        writeln!(out, "| model | size | params | threads | test | t/s |")?;
+        writeln!(out, "| --- | ---: | ---: | ---: | ---: | ---: |")?;
+        for r in &results {
+            let (m, sd) = Result1::mean_std(&r.ts());
+            writeln!(
+                out,
+                "| {name} | {:.2} MiB | {:.2} M | {} | {} | {m:.2} ± {sd:.2} |",
+                size as f64 / (1u64 << 20) as f64,
+                params as f64 / 1e6,
+                r.threads,
+                r.test_name()
+            )?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,305 @@
+//! AVX-512 VNNI kernels for the 32-value block types, against Q8_0 / Q8_1.
+//!
+//! `vpdpbusd` multiplies unsigned bytes by signed bytes and adds each four products into an i32
+//! lane, without saturation. Weights are therefore made unsigned by an offset `c` (Q4_0: its
+//! -8 is dropped, Q8_0 and the lookup tables get +128) and the activations' block sums pay it
+//! back: `sum(w * y) = sum((w + c) * y) - c * sum(y)`, all in exact i32. One 512-bit register
+//! holds two blocks (lanes 0-7 and 8-15), and blocks go in groups of 16 so that their 16 scales
+//! are gathered and multiplied as one vector. The last `n % 16` blocks use the AVX2 kernel.
+//!
+//! Every function here needs AVX-512 F/BW/VL/VNNI plus AVX2, FMA and F16C; the dispatcher
+//! calls them only after detecting those.
+
+// Per-token loops (`for t in 0..N`) index several parallel arrays at once.
+#![allow(clippy::needless_range_loop)]
+
+use std::arch::x86_64::*;
+
+use super::avx2::{load128, load256};
+use super::{avx2, ActRow, DotFn, DotMultiFn, MULTI, QK8_0};
+use crate::tensor::quants::iq::{BlockIq4Nl, KVALUES_IQ4NL};
+use crate::tensor::quants::legacy::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0};
+use crate::tensor::quants::mxfp4::{BlockMxfp4, KVALUES_MXFP4};
+use crate::tensor::quants::{as_blocks, Block};
+use crate::tensor::GgmlType;
+
+pub(super) fn kernel(ty: GgmlType) -> Option<DotFn> {
+    use GgmlType::*;
+    Some(match ty {
+        Q4_0 => dot32::<BlockQ4_0>,
+        Q4_1 => dot32::<BlockQ4_1>,
+        Q5_0 => dot32::<BlockQ5_0>,
+        Q5_1 => dot32::<BlockQ5_1>,
+        Q8_0 => dot32::<BlockQ8_0>,
+        Iq4Nl => dot32::<BlockIq4Nl>,
+        Mxfp4 => dot32::<BlockMxfp4>,
+        _ => return None,
+    })
+}
+
+/// The [`MULTI`]-token twins of [`kernel`]'s kernels: the same per-token arithmetic, so each
+/// result equals the single-token kernel's bit for bit.
+pub(super) fn kernel_multi(ty: GgmlType) -> Option<DotMultiFn> {
+    use GgmlType::*;
+    Some(match ty {
+        Q4_0 => dot32_n::<BlockQ4_0, MULTI>,
+        Q4_1 => dot32_n::<BlockQ4_1, MULTI>,
+        Q5_0 => dot32_n::<BlockQ5_0, MULTI>,
+        Q5_1 => dot32_n::<BlockQ5_1, MULTI>,
+        Q8_0 => dot32_n::<BlockQ8_0, MULTI>,
+        Iq4Nl => dot32_n::<BlockIq4Nl, MULTI>,
+        Mxfp4 => dot32_n::<BlockMxfp4, MULTI>,
+        _ => return None,
+    })
+}
+
+/// Blocks per group.
+const GROUP: usize = 16;
+
+/// Loads 64 activation quants.
+#[inline(always)]
+pub(super) unsafe fn load_i8x64(y: &[i8; 64]) -> __m512i {
+    // SAFETY: 64 readable bytes; loadu has no alignment requirement.
+    unsafe { _mm512_loadu_si512(y.as_ptr().cast()) }
+}
+
+/// Two blocks of nibbles (16 bytes each) as 64 bytes 0..16 in value order: block `a`'s low
+/// nibbles, its high nibbles, then block `b`'s.
+#[inline(always)]
+pub(super) unsafe fn nibble_pair(a: &[u8; 16], b: &[u8; 16]) -> __m512i {
+    unsafe {
+        let ab = _mm256_set_m128i(load128(b), load128(a));
+        let z = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(ab), _mm256_srli_epi16::<4>(ab));
+        let z = _mm512_and_si512(z, _mm512_set1_epi8(0x0f));
+        // 128-bit lanes (a lo, b lo, a hi, b hi) to (a lo, a hi, b lo, b hi).
+        _mm512_shuffle_i64x2::<0b11_01_10_00>(z, z)
+    }
+}
+
+/// A 16-entry signed table shifted by +128 to unsigned bytes, in every 128-bit lane.
+#[inline(always)]
+pub(super) unsafe fn table_u8(t: &[i8; 16]) -> __m512i {
+    let shifted: [u8; 16] = std::array::from_fn(|i| (t[i] as i16 + 128) as u8);
+    // SAFETY: 16 readable bytes.
+    unsafe { _mm512_broadcast_i32x4(_mm_loadu_si128(shifted.as_ptr().cast())) }
+}
+
+/// The first 4 bytes of each of 16 consecutive blocks, as u32 lanes.
+#[inline(always)]
+unsafe fn gather_heads<B: Block>(group: &[B; GROUP]) -> __m512i {
+    let size = std::mem::size_of::<B>() as i32;
+    unsafe {
+        let offsets = _mm512_mullo_epi32(
+            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+            _mm512_set1_epi32(size),
+        );
+        // SAFETY: every block is at least 17 bytes, so each 4-byte read starts inside the group
+        // and ends inside it; gathers need no alignment.
+        _mm512_i32gather_epi32::<1>(offsets, group.as_ptr().cast())
+    }
+}
+
+/// f16 values in the low 16 bits of each lane, widened to f32.
+#[inline(always)]
+unsafe fn f16_lanes(v: __m512i) -> __m512 {
+    unsafe { _mm512_cvtph_ps(_mm512_cvtepi32_epi16(v)) }
+}
+
+/// A 32-value block type as the VNNI loop sees it.
+trait Pair: Block {
+    /// Added to every quant to make it unsigned, and taken back through the activation sums.
+    const OFFSET: i32;
+    /// Whether the block has a min (`x = d * q + m`), dotted with Q8_1's `s`.
+    const HAS_MIN: bool = false;
+    /// Two blocks' quants plus `OFFSET`, as 64 unsigned bytes in value order.
+    unsafe fn pair(a: &Self, b: &Self) -> __m512i;
+    /// The 16 blocks' scales.
+    unsafe fn scales(group: &[Self; GROUP]) -> __m512;
+    /// The 16 blocks' mins (only with `HAS_MIN`).
+    unsafe fn mins(_group: &[Self; GROUP]) -> __m512 {
+        unsafe { _mm512_setzero_ps() }
+    }
+}
+
+impl Pair for BlockQ4_0 {
+    const OFFSET: i32 = 8;
+    #[inline(always)]
+    unsafe fn pair(a: &Self, b: &Self) -> __m512i {
+        unsafe { nibble_pair(&a.qs, &b.qs) }
+    }
+    #[inline(always)]
+    unsafe fn scales(group: &[Self; GROUP]) -> __m512 {
+        unsafe { f16_lanes(gather_heads(group)) }
+    }
+}
+
+impl Pair for BlockQ4_1 {
+    const OFFSET: i32 = 0;
+    const HAS_MIN: bool = true;
+    #[inline(always)]
+    unsafe fn pair(a: &Self, b: &Self) -> __m512i {
+        unsafe { nibble_pair(&a.qs, &b.qs) }
+    }
+    #[inline(always)]
+    unsafe fn scales(group: &[Self; GROUP]) -> __m512 {
+        unsafe { f16_lanes(gather_heads(group)) }
+    }
+    #[inline(always)]
+    unsafe fn mins(group: &[Self; GROUP]) -> __m512 {
+        unsafe { f16_lanes(_mm512_srli_epi32::<16>(gather_heads(group))) }
+    }
+}
+
+/// Adds 16 to the bytes whose bit is set in the two blocks' `qh` (bit j of value j).
+#[inline(always)]
+unsafe fn fifth_bits(z: __m512i, qh_a: [u8; 4], qh_b: [u8; 4]) -> __m512i {
+    let bits = u32::from_le_bytes(qh_a) as u64 | (u32::from_le_bytes(qh_b) as u64) << 32;
+    unsafe { _mm512_mask_add_epi8(z, bits, z, _mm512_set1_epi8(16)) }
+}
+
+impl Pair for BlockQ5_0 {
+    const OFFSET: i32 = 16;
+    #[inline(always)]
+    unsafe fn pair(a: &Self, b: &Self) -> __m512i {
+        unsafe { fifth_bits(nibble_pair(&a.qs, &b.qs), a.qh, b.qh) }
+    }
+    #[inline(always)]
+    unsafe fn scales(group: &[Self; GROUP]) -> __m512 {
+        unsafe { f16_lanes(gather_heads(group)) }
+    }
+}
+
+impl Pair for BlockQ5_1 {
+    const OFFSET: i32 = 0;
+    const HAS_MIN: bool = true;
+    #[inline(always)]
+    unsafe fn pair(a: &Self, b: &Self) -> __m512i {
+        unsafe { fifth_bits(nibble_pair(&a.qs, &b.qs), a.qh, b.qh) }
+    }
+    #[inline(always)]
+    unsafe fn scales(group: &[Self; GROUP]) -> __m512 {
+        unsafe { f16_lanes(gather_heads(group)) }
+    }
+    #[inline(always)]
+    unsafe fn mins(group: &[Self; GROUP]) -> __m512 {
+        unsafe { f16_lanes(_mm512_srli_epi32::<16>(gather_heads(group))) }
+    }
+}
+
+impl Pair for BlockQ8_0 {
+    const OFFSET: i32 = 128;
+    #[inline(always)]
+    unsafe fn pair(a: &Self, b: &Self) -> __m512i {
+        unsafe {
+            let z = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(load256(&a.qs)), load256(&b.qs));
+            _mm512_xor_si512(z, _mm512_set1_epi8(0x80u8 as i8))
+        }
+    }
+    #[inline(always)]
+    unsafe fn scales(group: &[Self; GROUP]) -> __m512 {
+        unsafe { f16_lanes(gather_heads(group)) }
+    }
+}
+
+impl Pair for BlockIq4Nl {
+    const OFFSET: i32 = 128;
+    #[inline(always)]
+    unsafe fn pair(a: &Self, b: &Self) -> __m512i {
+        unsafe { _mm512_shuffle_epi8(table_u8(&KVALUES_IQ4NL), nibble_pair(&a.qs, &b.qs)) }
+    }
+    #[inline(always)]
+    unsafe fn scales(group: &[Self; GROUP]) -> __m512 {
+        unsafe { f16_lanes(gather_heads(group)) }
+    }
+}
+
+impl Pair for BlockMxfp4 {
+    const OFFSET: i32 = 128;
+    #[inline(always)]
+    unsafe fn pair(a: &Self, b: &Self) -> __m512i {
+        unsafe { _mm512_shuffle_epi8(table_u8(&KVALUES_MXFP4), nibble_pair(&a.qs, &b.qs)) }
+    }
+    #[inline(always)]
+    unsafe fn scales(group: &[Self; GROUP]) -> __m512 {
+        unsafe {
+            // e8m0_to_f32_half: 2^(e - 128) as float bits, (e - 1) << 23, subnormal for e < 2.
+            let e = _mm512_and_si512(gather_heads(group), _mm512_set1_epi32(0xff));
+            let normal = _mm512_slli_epi32::<23>(_mm512_sub_epi32(e, _mm512_set1_epi32(1)));
+            let tiny = _mm512_sllv_epi32(_mm512_set1_epi32(0x0020_0000), e);
+            let is_tiny = _mm512_cmplt_epu32_mask(e, _mm512_set1_epi32(2));
+            _mm512_castsi512_ps(_mm512_mask_blend_epi32(is_tiny, normal, tiny))
+        }
+    }
+}
+
+/// `N` activation rows' sums over 16-block groups (two accumulators per row), then the last
+/// `n % 16` blocks with the AVX2 kernel. Each weight pair is unpacked once for all `N` rows; the
+/// operations on each row are the same whatever `N`, so results do not depend on it.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+unsafe fn dot32_n<B: Pair, const N: usize>(w: &[u8], a: &[ActRow<'_>; N]) -> [f32; N] {
+    let blocks = as_blocks::<B>(w);
+    let (groups, _) = blocks.as_chunks::<GROUP>();
+    let ys: [&[[i8; 64]]; N] = std::array::from_fn(|t| a[t].qs.as_chunks::<64>().0);
+    let mut acc = [[_mm512_setzero_ps(); 2]; N];
+    let mut acc_min = [_mm512_setzero_ps(); N];
+    // Lanes 0-7 take element 2j, lanes 8-15 element 2j + 1.
+    let halves = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+    for (g, gb) in groups.iter().enumerate() {
+        let b0 = g * GROUP;
+        // SAFETY (this block and below): this function's target features are the helpers';
+        // the loads read 16 values of slices sliced to 16.
+        unsafe {
+            let w_scales = B::scales(gb);
+            let mut scales = [_mm512_setzero_ps(); N];
+            let mut corr = [_mm512_setzero_si512(); N];
+            for t in 0..N {
+                let dy = _mm512_loadu_ps(a[t].d[b0..b0 + GROUP].as_ptr());
+                scales[t] = _mm512_mul_ps(w_scales, dy);
+                let sums = _mm512_loadu_epi32(a[t].sums[b0..b0 + GROUP].as_ptr());
+                corr[t] = _mm512_mullo_epi32(sums, _mm512_set1_epi32(-B::OFFSET));
+            }
+            for j in 0..GROUP / 2 {
+                let idx = _mm512_add_epi32(halves, _mm512_set1_epi32(2 * j as i32));
+                let wv = B::pair(&gb[2 * j], &gb[2 * j + 1]);
+                for t in 0..N {
+                    let init = if B::OFFSET != 0 {
+                        _mm512_maskz_permutexvar_epi32(0x0101, idx, corr[t])
+                    } else {
+                        _mm512_setzero_si512()
+                    };
+                    let p = _mm512_dpbusd_epi32(init, wv, load_i8x64(&ys[t][b0 / 2 + j]));
+                    let s = _mm512_permutexvar_ps(idx, scales[t]);
+                    acc[t][j % 2] = _mm512_fmadd_ps(s, _mm512_cvtepi32_ps(p), acc[t][j % 2]);
+                }
+            }
+            if B::HAS_MIN {
+                let mins = B::mins(gb);
+                for t in 0..N {
+                    let s = _mm512_loadu_ps(a[t].s[b0..b0 + GROUP].as_ptr());
+                    acc_min[t] = _mm512_fmadd_ps(mins, s, acc_min[t]);
+                }
+            }
+        }
+    }
+    let done = groups.len() * GROUP;
+    let tail = (done < blocks.len()).then(|| {
+        let f = avx2::kernel(B::TYPE).expect("every 32-value type has an AVX2 kernel");
+        (f, &w[done * std::mem::size_of::<B>()..])
+    });
+    std::array::from_fn(|t| {
+        let all = _mm512_add_ps(_mm512_add_ps(acc[t][0], acc[t][1]), acc_min[t]);
+        let mut sum = _mm512_reduce_add_ps(all);
+        if let Some((f, w_tail)) = tail {
+            // SAFETY: the AVX2 kernel needs a subset of this function's features.
+            sum += unsafe { f(w_tail, &a[t].skip(done * QK8_0, QK8_0)) };
+        }
+        sum
+    })
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn dot32<B: Pair>(w: &[u8], a: &ActRow<'_>) -> f32 {
+    // SAFETY: same target features.
+    unsafe { dot32_n::<B, 1>(w, std::array::from_ref(a))[0] }
+}

@@ -1,0 +1,58 @@
+//! `dsrun bench`: llama-bench's tests and JSON fields.
+
+mod common;
+
+use std::process::Command;
+
+#[test]
+fn bench_json_has_llama_bench_fields() {
+    let m = common::model(common::TINY_Q8);
+    let out = Command::new(env!("CARGO_BIN_EXE_dsrun"))
+        .args([
+            "bench",
+            "-m",
+            m.to_str().unwrap(),
+            "-p",
+            "16",
+            "-n",
+            "4",
+            "-r",
+            "2",
+        ])
+        .args(["-t", "1,2", "-o", "json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let tests = v.as_array().unwrap();
+    assert_eq!(tests.len(), 4);
+    for t in tests {
+        assert!(t["avg_ts"].as_f64().unwrap() > 0.0, "{t}");
+        assert_eq!(t["samples_ts"].as_array().unwrap().len(), 2);
+        assert_eq!(t["model_n_params"], 24_080_000);
+    }
+    assert_eq!(tests[0]["n_prompt"], 16);
+    assert_eq!(tests[1]["n_gen"], 4);
+    assert_eq!(tests[2]["n_threads"], 2);
+
+    let out = Command::new(env!("CARGO_BIN_EXE_dsrun"))
+        .args([
+            "bench",
+            "-m",
+            m.to_str().unwrap(),
+            "-p",
+            "8",
+            "-n",
+            "0",
+            "-r",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    let md = String::from_utf8_lossy(&out.stdout);
+    assert!(md.contains("| pp8 |"), "{md}");
+}
