@@ -81,12 +81,23 @@ CMAKE_FLAGS=(
     # Only to skip configuring what we never build; they do not change the tools' code.
     -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF
 )
-echo "configuring: cmake ${CMAKE_FLAGS[*]}" >&2
-cmake -S "$SRC" -B "$BUILD" "${CMAKE_FLAGS[@]}" >&2
+# CMake's and the compiler's output (some 14,000 lines, mostly warnings) go to a log file; its
+# tail is shown when a step fails.
+LOG="$OUT/build.log"
+logged() {
+    if ! "$@" >> "$LOG" 2>&1; then
+        echo "error: '$*' failed; last lines of $LOG:" >&2
+        tail -n 40 "$LOG" >&2
+        exit 1
+    fi
+}
+: > "$LOG"
+echo "configuring: cmake ${CMAKE_FLAGS[*]} (log: $LOG)" >&2
+logged cmake -S "$SRC" -B "$BUILD" "${CMAKE_FLAGS[@]}"
 
 echo "building ${TARGETS[*]} with -j$JOBS (about 7 minutes on 2 cores)" >&2
 start=$SECONDS
-cmake --build "$BUILD" --config Release -j"$JOBS" --target "${TARGETS[@]}" >&2
+logged cmake --build "$BUILD" --config Release -j"$JOBS" --target "${TARGETS[@]}"
 echo "built in $((SECONDS - start)) s" >&2
 
 for t in "${TARGETS[@]}"; do

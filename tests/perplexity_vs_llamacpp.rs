@@ -77,11 +77,12 @@ fn smollm2_wikitext() {
     );
 }
 
-/// gemma3 is 1.5% away from llama.cpp on this chunk (dsrun 11.52, llama.cpp 11.35). The model
-/// itself agrees to rounding when both engines compute in f32 (the parity test
-/// `gemma3_in_f32_agrees_to_rounding`); the gap is llama.cpp quantizing activations to 8 bits,
-/// which hurts gemma's large activations more than the other models'. The bound records where it
-/// stands; dsrun's own 8-bit activation kernels (the CPU speed issue) should close it.
+/// gemma3's first wikitext chunk is numerically touchy: dsrun 11.527, the llama.cpp linked here
+/// 11.346, the llama.cpp of the PyPI source package (AVX-512 build) 11.465 — the two llama.cpp
+/// builds are 1% apart themselves. Over 4 chunks dsrun and that llama.cpp are 0.4% apart (15.328
+/// and 15.266), over 100 chunks 0.09% (18.718 and 18.736, `scripts/perplexity.sh`). The bound
+/// for this one chunk is therefore 2%; the model itself agrees to rounding in f32
+/// (`gemma3_in_f32_agrees_to_rounding`).
 #[test]
 fn gemma3_wikitext() {
     check_within(
