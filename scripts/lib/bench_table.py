@@ -8,8 +8,8 @@ with llama-bench's field names; this reads `model_filename`, `n_threads`, `n_pro
 
     bench_table.py ENGINE=FILE.json ...      ENGINE is llama.cpp or dsrun
 
-A file that is missing, empty or not JSON counts as a failed run: its cells read "failed" and the
-table is still printed. The row key is the model's file name, so a test both engines ran on the
+A file that is missing, empty or not JSON counts as a failed run: that engine's empty cells read
+"failed" (a test an engine did not run at all reads "—"), and the table is still printed. The row key is the model's file name, so a test both engines ran on the
 same file, thread count and sizes lands on one row. Plain Python 3.11 stdlib.
 """
 
@@ -46,9 +46,9 @@ def load(path):
     return [t for t in data if isinstance(t, dict) and "avg_ts" in t]
 
 
-def cell(t):
+def cell(t, failed):
     if t is None:
-        return "failed"
+        return "failed" if failed else "—"
     return f"{float(t['avg_ts']):.2f} ± {float(t.get('stddev_ts', 0.0)):.2f}"
 
 
@@ -71,6 +71,7 @@ def main(argv):
             key = (os.path.basename(str(t.get("model_filename", "?"))), int(t.get("n_threads", 0)), test_name(t))
             rows.setdefault(key, {})[engine] = t
 
+    failed_engines = {engine for engine, _ in failed}
     print("| model | threads | test | llama.cpp t/s | dsrun t/s | dsrun/llama.cpp |")
     print("|---|--:|---|--:|--:|--:|")
     for (model, threads, test), by_engine in rows.items():
@@ -78,7 +79,8 @@ def main(argv):
         ratio = "—"
         if ref is not None and ours is not None and float(ref["avg_ts"]) > 0:
             ratio = f"{float(ours['avg_ts']) / float(ref['avg_ts']):.2f}"
-        print(f"| {model} | {threads} | {test} | {cell(ref)} | {cell(ours)} | {ratio} |")
+        ref_cell, ours_cell = cell(ref, "llama.cpp" in failed_engines), cell(ours, "dsrun" in failed_engines)
+        print(f"| {model} | {threads} | {test} | {ref_cell} | {ours_cell} | {ratio} |")
     for engine, path in failed:
         print(f"\n{engine} run with no result: {path}")
     return 1 if failed else 0
