@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # One-time set-up of a fresh machine for building and testing dsrun:
 #   - Debian packages: cmake and libclang-dev (ggml is built from the llama-cpp-sys-2 crate with
-#     CMake, its bindings generated with bindgen);
+#     CMake, its bindings generated with bindgen); mesa-vulkan-drivers and libvulkan1 (Mesa's
+#     software Vulkan driver, lavapipe, on which the GPU tests run without a GPU);
 #   - the real models of shared/MODELS.md, via scripts/fetch-models.sh.
 # Safe to rerun: installed packages and present models are left alone.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 
 need=()
-for pkg in cmake libclang-dev; do
+for pkg in cmake libclang-dev mesa-vulkan-drivers libvulkan1; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -1,12 +1,13 @@
 //! dsrun: a local inference engine for sparse Mixture-of-Experts language models.
 //!
 //! Layers, with dependencies pointing down: `cli` (in the binary) → `model` → `tensor`;
-//! `model` → `gguf`.
+//! `model` → `gguf`; `gpu` (wgpu and the WGSL shaders) → `kernels` (its reference twins).
 
 pub mod chat_template;
 pub mod engine;
 pub mod error;
 pub mod gguf;
+pub mod gpu;
 pub mod kernels;
 pub mod model;
 pub mod perplexity;

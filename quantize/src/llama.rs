@@ -155,12 +155,26 @@ pub struct LlamaContext<'m> {
 }
 
 impl<'m> LlamaContext<'m> {
-    /// `n_batch` is the most tokens one `eval` may take.
+    /// `n_batch` is the most tokens one `eval` may take. llama.cpp's defaults otherwise (flash
+    /// attention where the backend has it, as on the CPU).
     pub fn new(
         model: &'m LlamaModel,
         n_ctx: u32,
         n_batch: u32,
         n_threads: i32,
+    ) -> Result<Self, String> {
+        Self::with_flash_attn(model, n_ctx, n_batch, n_threads, true)
+    }
+
+    /// [`LlamaContext::new`], with flash attention off when `flash_attn` is false: llama.cpp's
+    /// other attention path, which keeps Q and the V sum in f32 where flash attention rounds
+    /// them to f16 — two results of llama.cpp itself that differ by rounding only.
+    pub fn with_flash_attn(
+        model: &'m LlamaModel,
+        n_ctx: u32,
+        n_batch: u32,
+        n_threads: i32,
+        flash_attn: bool,
     ) -> Result<Self, String> {
         // SAFETY: default params are plain data; the model is valid and outlives the context.
         let ctx = unsafe {
@@ -172,6 +186,9 @@ impl<'m> LlamaContext<'m> {
             p.n_threads = n_threads;
             p.n_threads_batch = n_threads;
             p.no_perf = true;
+            if !flash_attn {
+                p.flash_attn_type = sys::LLAMA_FLASH_ATTN_TYPE_DISABLED;
+            }
             sys::llama_init_from_model(model.model, p)
         };
         if ctx.is_null() {

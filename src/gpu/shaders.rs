@@ -1,0 +1,65 @@
+//! The WGSL sources, embedded at build time, and the composition of typed variants: a weight
+//! type's matrix product is `matvec_<type>.wgsl` (its block layout and `block_dot`) followed by
+//! the shared reductions (`reduce.wgsl`) and `matvec.wgsl`.
+
+use crate::tensor::GgmlType;
+
+pub const MATVEC: &str = include_str!("../../shaders/matvec.wgsl");
+pub const MATVEC_F32: &str = include_str!("../../shaders/matvec_f32.wgsl");
+pub const MATVEC_Q8_0: &str = include_str!("../../shaders/matvec_q8_0.wgsl");
+pub const MATVEC_Q4_0: &str = include_str!("../../shaders/matvec_q4_0.wgsl");
+pub const MATVEC_Q4_1: &str = include_str!("../../shaders/matvec_q4_1.wgsl");
+pub const MATVEC_MXFP4: &str = include_str!("../../shaders/matvec_mxfp4.wgsl");
+pub const MATVEC_Q4_K: &str = include_str!("../../shaders/matvec_q4_k.wgsl");
+pub const MATVEC_Q6_K: &str = include_str!("../../shaders/matvec_q6_k.wgsl");
+pub const REDUCE: &str = include_str!("../../shaders/reduce.wgsl");
+const NORM: &str = include_str!("../../shaders/norm.wgsl");
+const SOFTMAX: &str = include_str!("../../shaders/softmax.wgsl");
+pub const ROPE: &str = include_str!("../../shaders/rope.wgsl");
+
+/// Weight types with a GPU matrix product, and their type snippet.
+pub const MATVEC_TYPES: &[(GgmlType, &str)] = &[
+    (GgmlType::F32, MATVEC_F32),
+    (GgmlType::Q8_0, MATVEC_Q8_0),
+    (GgmlType::Q4_0, MATVEC_Q4_0),
+    (GgmlType::Q4_1, MATVEC_Q4_1),
+    (GgmlType::Mxfp4, MATVEC_MXFP4),
+    (GgmlType::Q4K, MATVEC_Q4_K),
+    (GgmlType::Q6K, MATVEC_Q6_K),
+];
+
+/// The full source of the matrix product for `ty`, or `None` if the GPU has none yet.
+pub fn matvec_source(ty: GgmlType) -> Option<String> {
+    MATVEC_TYPES
+        .iter()
+        .find(|(t, _)| *t == ty)
+        .map(|(_, snippet)| format!("{snippet}\n{REDUCE}\n{MATVEC}"))
+}
+
+/// RMS norm: `norm.wgsl` after the shared reductions.
+pub fn norm_source() -> String {
+    format!("{REDUCE}\n{NORM}")
+}
+
+/// Softmax: `softmax.wgsl` after the shared reductions.
+pub fn softmax_source() -> String {
+    format!("{REDUCE}\n{SOFTMAX}")
+}
+
+/// Every complete module with its entry point, for validation.
+pub fn all_modules() -> Vec<(String, String, &'static str)> {
+    let mut v: Vec<(String, String, &'static str)> = MATVEC_TYPES
+        .iter()
+        .map(|(t, _)| {
+            (
+                format!("matvec_{}", t.name()),
+                matvec_source(*t).unwrap(),
+                "main",
+            )
+        })
+        .collect();
+    v.push(("norm".into(), norm_source(), "rms_norm"));
+    v.push(("softmax".into(), softmax_source(), "softmax"));
+    v.push(("rope".into(), ROPE.into(), "rope"));
+    v
+}
