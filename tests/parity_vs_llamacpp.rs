@@ -10,7 +10,7 @@
 //! whose attention is unusually sensitive to rounding: its query/key products are large and
 //! cancel, so the order of the score sum moves its perplexity by 0.3%, and rounding the query to
 //! f16 as llama.cpp's flash attention does moves one prompt from 0.116 to 0.172 and another from
-//! 0.087 to 0.035. Its perplexity still agrees with llama.cpp's to 0.03% over 100 chunks. With every tensor in F32 both engines compute in f32 and agree to 0.0009
+//! 0.087 to 0.035. Its perplexity still agrees with llama.cpp's to 0.03% over 100 chunks. With every tensor in F32 both engines compute in f32 and agree to 0.002
 //! (`gemma3_in_f32_agrees_to_rounding`), which is the check of the architecture itself.
 //! Greedy text is compared with llama.cpp's own greedy tokens fed to both engines (teacher
 //! forcing): at every position dsrun's argmax must equal llama.cpp's, except where llama.cpp's
@@ -174,8 +174,8 @@ fn full_parity_all_models() {
 /// The architecture itself, without llama.cpp's 8-bit activations in the way: gemma3 rewritten
 /// by dsrun's GGUF writer with every tensor in F32 (so llama.cpp also computes in f32), then
 /// both engines on the same prompt. This also shows that a file dsrun writes runs in llama.cpp.
-/// Measured: relative L2 error 0.00015–0.0009 (the rest is llama.cpp's f16 KV cache), against
-/// 0.024–0.049 on the Q4_K_M original.
+/// Measured: relative L2 error 0.00004–0.0021, mean 0.0008 (the rest is llama.cpp's f16 KV
+/// cache), against 0.024–0.049 on the Q4_K_M original.
 #[test]
 fn gemma3_in_f32_agrees_to_rounding() {
     use dsrun::engine::{Model, Session};
@@ -224,7 +224,14 @@ fn gemma3_in_f32_agrees_to_rounding() {
             let (o, t) = (&ours[p * nv..(p + 1) * nv], &theirs[p * nv..(p + 1) * nv]);
             let e = rel_l2(o, t);
             assert!(e < 0.003, "position {p}: relative L2 {e}");
-            assert_eq!(argmax(o), argmax(t), "position {p}");
+            // Near-ties as in `check_model`: with GELU from ggml's f16 table, position 18 of
+            // this prompt (llama.cpp's gap 0.005) goes the other way.
+            let (their_top, gap) = top2_gap(t);
+            assert!(
+                argmax(o) == their_top || gap < TIE,
+                "position {p}: dsrun picks {} but llama.cpp {their_top} (gap {gap})",
+                argmax(o)
+            );
         }
     }
     std::fs::remove_file(&path).unwrap();

@@ -12,6 +12,33 @@ pub fn gelu(x: f32) -> f32 {
     0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + COEF_A * x * x)).tanh())
 }
 
+/// GELU as ggml's CPU backend computes it for f32 activations (`GGML_GELU_FP16`, on by default
+/// in ggml-cpu, for `gelu` and the fused `geglu` alike): 0 below -10, `x` above 10, else the
+/// argument rounded to f16 and looked up in a table of [`gelu`] rounded to f16. Matching it
+/// brings Gemma's logits nearer llama.cpp's, and a lookup is far cheaper than `tanh`.
+pub fn gelu_f16_table(x: f32) -> f32 {
+    if x <= -10.0 {
+        0.0
+    } else if x >= 10.0 {
+        x
+    } else {
+        gelu_table()[half::f16::from_f32(x).to_bits() as usize]
+    }
+}
+
+/// `f16(gelu(f16 value))` widened, for every f16 bit pattern.
+fn gelu_table() -> &'static [f32] {
+    static TABLE: std::sync::OnceLock<Vec<f32>> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        (0..=u16::MAX)
+            .map(|bits| {
+                let x = half::f16::from_bits(bits).to_f32();
+                half::f16::from_f32(gelu(x)).to_f32()
+            })
+            .collect()
+    })
+}
+
 /// Gated unit: `gate[i] = act(gate[i]) * up[i]`.
 pub fn glu(gate: &mut [f32], up: &[f32], act: fn(f32) -> f32) {
     for (g, &u) in gate.iter_mut().zip(up) {
@@ -28,5 +55,20 @@ mod tests {
         assert!((silu(1.0) - 0.731_058_6).abs() < 1e-6);
         assert!((gelu(1.0) - 0.841_192).abs() < 1e-5);
         assert_eq!(silu(0.0), 0.0);
+    }
+
+    #[test]
+    fn gelu_table_is_gelu_at_f16_precision() {
+        assert_eq!(gelu_f16_table(-10.5), 0.0);
+        assert_eq!(gelu_f16_table(12.0), 12.0);
+        assert_eq!(gelu_f16_table(0.0), 0.0);
+        for i in -2000..2000 {
+            let x = i as f32 * 0.00493;
+            let (want, got) = (gelu(x), gelu_f16_table(x));
+            // Two f16 roundings: of the argument (gelu' is at most about 1.13) and of the value.
+            let tol = 2.0 * 1.13 * x.abs().max(6.1e-5) / 1024.0 + want.abs() / 1024.0;
+            assert!((got - want).abs() <= tol, "gelu({x}): {got} vs {want}");
+        }
+        assert!(gelu_f16_table(f32::NAN).is_nan());
     }
 }

@@ -8,7 +8,7 @@ use super::hparams::HParams;
 use super::kv_cache::KvCache;
 use super::moe::moe_ffn;
 use super::weights::{Ffn, LayerWeights, Weights};
-use crate::kernels::activation::{gelu, glu, silu};
+use crate::kernels::activation::{gelu_f16_table, glu, silu};
 use crate::kernels::attention::AttnInput;
 use crate::kernels::norm::rms_norm_rows;
 use crate::kernels::rope::RopeParams;
@@ -100,7 +100,7 @@ pub fn forward(
 pub fn act_fn(a: FfnAct) -> fn(f32) -> f32 {
     match a {
         FfnAct::Silu => silu,
-        FfnAct::Gelu => gelu,
+        FfnAct::Gelu => gelu_f16_table,
     }
 }
 
