@@ -113,19 +113,33 @@ pub fn attention_at(level: SimdLevel, inp: &AttnInput<'_>, out: &mut [f32]) {
     let hd = inp.head_dim;
     let (q_dim, kv_dim) = (inp.n_head * hd, inp.n_head_kv * hd);
     let group = inp.n_head / inp.n_head_kv;
-    out.par_chunks_exact_mut(hd).enumerate().for_each_init(
-        Vec::new,
-        |s: &mut Vec<f32>, (idx, o)| {
-            let (t, head) = (idx / inp.n_head, idx % inp.n_head);
-            let pos = inp.pos0 + t;
-            let lo = inp.window.map_or(0, |w| (pos + 1).saturating_sub(w));
-            let off = lo * kv_dim + (head / group) * hd;
-            let q = &inp.q[t * q_dim + head * hd..t * q_dim + (head + 1) * hd];
-            s.clear();
-            s.resize(pos + 1 - lo, 0.0);
-            (kern.scores)(q, &inp.k[off..], kv_dim, inp.scale, s);
-            softmax(s);
-            (kern.values)(s, &inp.v[off..], kv_dim, o);
-        },
-    );
+    let one = |s: &mut Vec<f32>, (idx, o): (usize, &mut [f32])| {
+        let (t, head) = (idx / inp.n_head, idx % inp.n_head);
+        let pos = inp.pos0 + t;
+        let lo = inp.window.map_or(0, |w| (pos + 1).saturating_sub(w));
+        let off = lo * kv_dim + (head / group) * hd;
+        let q = &inp.q[t * q_dim + head * hd..t * q_dim + (head + 1) * hd];
+        s.clear();
+        s.resize(pos + 1 - lo, 0.0);
+        (kern.scores)(q, &inp.k[off..], kv_dim, inp.scale, s);
+        softmax(s);
+        (kern.values)(s, &inp.v[off..], kv_dim, o);
+    };
+    // Small batches (decoding at short context) on the calling thread: rayon's wake-up costs
+    // more than the work (the bound is qmatmul's, in multiply-adds).
+    let n_tok = inp.n_tok();
+    if n_tok * inp.n_head * (inp.pos0 + n_tok) * hd < PAR_MIN_MACS {
+        let mut s = Vec::new();
+        out.chunks_exact_mut(hd)
+            .enumerate()
+            .for_each(|item| one(&mut s, item));
+    } else {
+        out.par_chunks_exact_mut(hd)
+            .enumerate()
+            .for_each_init(Vec::new, one);
+    }
 }
+
+/// Below this many multiply-adds (over scores and values together, roughly) attention runs on
+/// the calling thread.
+const PAR_MIN_MACS: usize = 1 << 17;

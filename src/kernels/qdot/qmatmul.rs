@@ -28,8 +28,17 @@ pub fn qmatmul_acts(w: &TensorView, acts: &QuantizedActs, out: &mut [f32]) {
     qmatmul_acts_at(selected_level(), w, acts, out);
 }
 
-/// Rows per rayon task: about eight tasks per thread, for balance, and not fewer than 4 rows.
-fn rows_per_task(m: usize) -> usize {
+/// Products smaller than this many multiply-adds run on the calling thread: waking rayon's
+/// workers and joining them costs more than such a product (the tiny MoE's 256 x 256 matrices,
+/// about a hundred per decoded token, spent more time in rayon than in the kernels).
+const PAR_MIN_MACS: usize = 1 << 18;
+
+/// Rows per rayon task: about eight tasks per thread, for balance, and not fewer than 4 rows;
+/// all rows in one task for a product under [`PAR_MIN_MACS`].
+fn rows_per_task(m: usize, k: usize, n_tok: usize) -> usize {
+    if m * k * n_tok < PAR_MIN_MACS {
+        return m.max(1);
+    }
     (m / (rayon::current_num_threads() * 8)).clamp(4, 256)
 }
 
@@ -57,22 +66,27 @@ pub fn qmatmul_acts_at(level: SimdLevel, w: &TensorView, acts: &QuantizedActs, o
     );
     let kernel = Kernel::new(level, w.ty, acts);
     let rows: Vec<ActRow<'_>> = (0..n_tok).map(|t| acts.row(t)).collect();
-    let rpt = rows_per_task(m);
+    let rpt = rows_per_task(m, k, n_tok);
+    let n_tasks = m.div_ceil(rpt);
 
     if n_tok == 1 {
-        out.par_chunks_mut(rpt).enumerate().for_each(|(c, o)| {
+        let task = |(c, o): (usize, &mut [f32])| {
             for (i, y) in o.iter_mut().enumerate() {
                 *y = kernel.call(w.row(c * rpt + i), &rows[0]);
             }
-        });
+        };
+        if n_tasks == 1 {
+            task((0, out));
+        } else {
+            out.par_chunks_mut(rpt).enumerate().for_each(task);
+        }
         return;
     }
 
     // Each task owns the output columns r0..r0 + rpt of every token row and writes them in
     // place (a transpose after the fact, single-threaded, took a tenth of prompt time).
     let out_ptr = SharedOut(out.as_mut_ptr());
-    let n_tasks = m.div_ceil(rpt);
-    (0..n_tasks).into_par_iter().for_each(|c| {
+    let task = |c: usize| {
         let out_ptr = &out_ptr;
         let r0 = c * rpt;
         let r1 = (r0 + rpt).min(m);
@@ -97,7 +111,12 @@ pub fn qmatmul_acts_at(level: SimdLevel, w: &TensorView, acts: &QuantizedActs, o
                 }
             }
         }
-    });
+    };
+    if n_tasks == 1 {
+        task(0);
+    } else {
+        (0..n_tasks).into_par_iter().for_each(task);
+    }
 }
 
 /// The output matrix, shared by tasks that write disjoint columns of it.
