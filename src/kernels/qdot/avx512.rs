@@ -3,7 +3,8 @@
 //! `vpdpbusd` multiplies unsigned bytes by signed bytes and adds each four products into an i32
 //! lane, without saturation. Weights are therefore made unsigned by an offset `c` (Q4_0: its
 //! -8 is dropped, Q8_0 and the lookup tables get +128) and the activations' block sums pay it
-//! back: `sum(w * y) = sum((w + c) * y) - c * sum(y)`, all in exact i32. One 512-bit register
+//! back: `sum(w * y) = sum((w + c) * y) - c * sum(y)`, the second term scaled and added once per
+//! group of blocks (a lane permute per block pair and token saved). One 512-bit register
 //! holds two blocks (lanes 0-7 and 8-15), and blocks go in groups of 16 so that their 16 scales
 //! are gathered and multiplied as one vector; a last group of fewer than 16 blocks is masked.
 //!
@@ -249,12 +250,15 @@ unsafe fn dot32_n<B: Pair, const N: usize>(w: &[u8], a: &[ActRow<'_>; N]) -> [f3
         unsafe {
             let w_scales = B::scales(gb, mask);
             let mut scales = [_mm512_setzero_ps(); N];
-            let mut corr = [_mm512_setzero_si512(); N];
             for t in 0..N {
                 let dy = _mm512_maskz_loadu_ps(mask, a[t].d.as_ptr().add(b0));
                 scales[t] = _mm512_mul_ps(w_scales, dy);
-                let sums = _mm512_maskz_loadu_epi32(mask, a[t].sums.as_ptr().add(b0));
-                corr[t] = _mm512_mullo_epi32(sums, _mm512_set1_epi32(-B::OFFSET));
+                if B::OFFSET != 0 {
+                    // The offset's share, -OFFSET * sum(y) per block, once per group.
+                    let sums = _mm512_maskz_loadu_epi32(mask, a[t].sums.as_ptr().add(b0));
+                    let corr = _mm512_mullo_epi32(sums, _mm512_set1_epi32(-B::OFFSET));
+                    acc_min[t] = _mm512_fmadd_ps(scales[t], _mm512_cvtepi32_ps(corr), acc_min[t]);
+                }
             }
             for j in 0..gb.len().div_ceil(2) {
                 let idx = _mm512_add_epi32(halves, _mm512_set1_epi32(2 * j as i32));
@@ -264,14 +268,9 @@ unsafe fn dot32_n<B: Pair, const N: usize>(w: &[u8], a: &[ActRow<'_>; N]) -> [f3
                 let wv = B::pair(&gb[2 * j], &gb[if full { 2 * j + 1 } else { 2 * j }]);
                 let y_mask: u64 = if full { u64::MAX } else { u32::MAX as u64 };
                 for t in 0..N {
-                    let init = if B::OFFSET != 0 {
-                        _mm512_maskz_permutexvar_epi32(0x0101, idx, corr[t])
-                    } else {
-                        _mm512_setzero_si512()
-                    };
                     let y_ptr = a[t].qs.as_ptr().add((b0 + 2 * j) * QK8_0);
                     let y = _mm512_maskz_loadu_epi8(y_mask, y_ptr);
-                    let p = _mm512_dpbusd_epi32(init, wv, y);
+                    let p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv, y);
                     let s = _mm512_permutexvar_ps(idx, scales[t]);
                     acc[t][j % 2] = _mm512_fmadd_ps(s, _mm512_cvtepi32_ps(p), acc[t][j % 2]);
                 }

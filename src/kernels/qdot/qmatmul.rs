@@ -13,7 +13,7 @@ use crate::tensor::TensorView;
 
 /// Tokens per tile: their quantized rows (about 1.1 bytes per value) stay in L1 together with
 /// the weight row being dotted.
-const TOK_TILE: usize = 8;
+const TOK_TILE: usize = 16;
 
 /// `out[t][r] = W[r] · x[t]` for `n_tok` tokens: `x` is (n_tok, n_cols), `out` is
 /// (n_tok, n_rows). Activations are quantized to the weight type's [`super::ActKind`] first.
