@@ -224,7 +224,7 @@ impl Pair for BlockIq4Nl {
     }
 }
 
-/// `N` activation rows' sums over groups of up to 16 blocks (two accumulators per row); the
+/// `N` activation rows' sums over groups of up to 16 blocks (one accumulator per row); the
 /// last group's missing blocks are masked out (zero scales, zero activations). Each weight pair
 /// is unpacked once for all `N` rows; the operations on each row are the same whatever `N`, so
 /// results do not depend on it.
@@ -237,7 +237,9 @@ unsafe fn dot32_n<B: Pair, const N: usize>(w: &[u8], a: &[ActRow<'_>; N]) -> [f3
         assert!(a[t].qs.len() >= n_blocks * QK8_0 && a[t].d.len() >= n_blocks);
         assert!(a[t].sums.len() >= n_blocks && (!B::HAS_MIN || a[t].s.len() >= n_blocks));
     }
-    let mut acc = [[_mm512_setzero_ps(); 2]; N];
+    // One accumulator per row: with a second one chosen by `j % 2` the compiler kept them all
+    // on the stack.
+    let mut acc = [_mm512_setzero_ps(); N];
     let mut acc_min = [_mm512_setzero_ps(); N];
     // Lanes 0-7 take element 2j, lanes 8-15 element 2j + 1.
     let halves = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
@@ -272,7 +274,7 @@ unsafe fn dot32_n<B: Pair, const N: usize>(w: &[u8], a: &[ActRow<'_>; N]) -> [f3
                     let y = _mm512_maskz_loadu_epi8(y_mask, y_ptr);
                     let p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv, y);
                     let s = _mm512_permutexvar_ps(idx, scales[t]);
-                    acc[t][j % 2] = _mm512_fmadd_ps(s, _mm512_cvtepi32_ps(p), acc[t][j % 2]);
+                    acc[t] = _mm512_fmadd_ps(s, _mm512_cvtepi32_ps(p), acc[t]);
                 }
             }
             if B::HAS_MIN {
@@ -285,7 +287,7 @@ unsafe fn dot32_n<B: Pair, const N: usize>(w: &[u8], a: &[ActRow<'_>; N]) -> [f3
         }
     }
     std::array::from_fn(|t| {
-        let all = _mm512_add_ps(_mm512_add_ps(acc[t][0], acc[t][1]), acc_min[t]);
+        let all = _mm512_add_ps(acc[t], acc_min[t]);
         _mm512_reduce_add_ps(all)
     })
 }
