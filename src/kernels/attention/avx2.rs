@@ -105,28 +105,56 @@ pub(super) fn values(p: &[f32], v: &[f32], stride: usize, o: &mut [f32]) {
     unsafe { values_avx(p, v, stride, o) }
 }
 
-/// Output elements per pass over the keys: eight vectors of accumulators.
-const CHUNK: usize = 64;
-
 #[target_feature(enable = "avx")]
 unsafe fn values_avx(p: &[f32], v: &[f32], stride: usize, o: &mut [f32]) {
     let hd = o.len();
-    let vp = v.as_ptr();
-    for c0 in (0..hd).step_by(CHUNK) {
-        let width = (hd - c0).min(CHUNK);
-        let mut acc = [_mm256_setzero_ps(); CHUNK / 8];
-        let acc = &mut acc[..width / 8];
-        for (j, &pj) in p.iter().enumerate() {
-            let pv = _mm256_set1_ps(pj);
-            for (i, a) in acc.iter_mut().enumerate() {
-                // SAFETY: value row j spans j * stride .. j * stride + hd, inside `v`.
-                let x = unsafe { _mm256_loadu_ps(vp.add(j * stride + c0 + 8 * i)) };
-                *a = _mm256_add_ps(*a, _mm256_mul_ps(pv, x));
+    let mut c0 = 0;
+    // SAFETY (each pass): c0 + 8 * V <= hd, and value rows span hd values inside `v`.
+    unsafe {
+        while hd - c0 >= 64 {
+            values_pass::<8>(p, v, stride, c0, o);
+            c0 += 64;
+        }
+        for (width, pass) in [
+            (
+                32,
+                values_pass::<4> as unsafe fn(&[f32], &[f32], usize, usize, &mut [f32]),
+            ),
+            (16, values_pass::<2>),
+            (8, values_pass::<1>),
+        ] {
+            if hd - c0 >= width {
+                pass(p, v, stride, c0, o);
+                c0 += width;
             }
         }
-        for (i, a) in acc.iter().enumerate() {
-            // SAFETY: c0 + 8i + 8 <= hd = o.len().
-            unsafe { _mm256_storeu_ps(o.as_mut_ptr().add(c0 + 8 * i), *a) };
+    }
+}
+
+/// Output elements `c0 .. c0 + 8 * V` in one pass over the keys, `V` accumulators of eight
+/// (a fixed count, so that they stay in registers).
+#[target_feature(enable = "avx")]
+#[inline]
+unsafe fn values_pass<const V: usize>(
+    p: &[f32],
+    v: &[f32],
+    stride: usize,
+    c0: usize,
+    o: &mut [f32],
+) {
+    let vp = v.as_ptr();
+    let mut acc = [_mm256_setzero_ps(); V];
+    for (j, &pj) in p.iter().enumerate() {
+        let pv = _mm256_set1_ps(pj);
+        for (i, a) in acc.iter_mut().enumerate() {
+            // SAFETY: value row j spans j * stride .. j * stride + hd, inside `v`, and
+            // c0 + 8 * V <= hd.
+            let x = unsafe { _mm256_loadu_ps(vp.add(j * stride + c0 + 8 * i)) };
+            *a = _mm256_add_ps(*a, _mm256_mul_ps(pv, x));
         }
+    }
+    for (i, a) in acc.iter().enumerate() {
+        // SAFETY: c0 + 8 * V <= hd = o.len().
+        unsafe { _mm256_storeu_ps(o.as_mut_ptr().add(c0 + 8 * i), *a) };
     }
 }

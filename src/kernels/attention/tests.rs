@@ -64,6 +64,15 @@ const CASES: &[Case] = &[
         n: 5,
         window: None,
     },
+    // head_dim 56: passes of 32, 16 and 8 values
+    Case {
+        n_head: 2,
+        n_head_kv: 1,
+        head_dim: 56,
+        pos0: 9,
+        n: 4,
+        window: None,
+    },
     // head_dim 12: not a multiple of 8 (plain everywhere)
     Case {
         n_head: 2,
