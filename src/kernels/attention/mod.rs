@@ -12,13 +12,16 @@
 //!   sum of all eight is seven vector adds;
 //! - softmax is shared scalar code;
 //! - the value sum runs over keys in order for each output element, one vector of eight
-//!   output elements at a time.
+//!   output elements at a time, or sixteen with AVX-512 ([`avx512`]), in passes of up to 64
+//!   (AVX2) or 256 (AVX-512) elements whose accumulators stay in registers.
 //!
 //! Work is split over (token, head) pairs with rayon; each task keeps a scratch score row, so
 //! memory is one row of scores per thread, never the whole (n, n_kv) matrix.
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 mod plain;
 
 #[cfg(test)]
@@ -91,9 +94,10 @@ fn kernels_for(level: SimdLevel, head_dim: usize) -> Kernels {
     };
     #[cfg(target_arch = "x86_64")]
     if level >= SimdLevel::Avx2 && level.is_available() && head_dim.is_multiple_of(8) {
+        let wide = level >= SimdLevel::Avx512Vnni && head_dim.is_multiple_of(16);
         return Kernels {
             scores: avx2::scores,
-            values: avx2::values,
+            values: if wide { avx512::values } else { avx2::values },
         };
     }
     let _ = (level, head_dim);
