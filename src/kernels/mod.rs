@@ -2,6 +2,7 @@
 //! pass and as the twins that every fast kernel is tested against.
 
 pub mod activation;
+pub mod attention;
 pub mod matmul;
 pub mod norm;
 pub mod qdot;

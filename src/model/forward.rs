@@ -8,13 +8,12 @@ use super::hparams::HParams;
 use super::kv_cache::KvCache;
 use super::moe::moe_ffn;
 use super::weights::{Ffn, LayerWeights, Weights};
-use crate::kernels::activation::{gelu, glu, silu};
-use crate::kernels::linear;
+use crate::kernels::activation::{gelu_f16_table, glu, silu};
+use crate::kernels::attention::AttnInput;
 use crate::kernels::norm::rms_norm_rows;
 use crate::kernels::rope::RopeParams;
-use crate::kernels::softmax::softmax;
+use crate::kernels::{self, linear};
 use half::slice::HalfFloatSliceExt;
-use rayon::prelude::*;
 
 fn add_bias(x: &mut [f32], b: &Option<Vec<f32>>) {
     if let Some(b) = b {
@@ -98,24 +97,10 @@ pub fn forward(
     logits
 }
 
-/// Attention score q · k: eight partial sums added in order at the end. The order matters more
-/// than one would think: some models (SmolLM2) have query/key products of large magnitude that
-/// cancel, and this order lands nearest llama.cpp (perplexity 0.1% away on SmolLM2 where the
-/// pairwise order of `matmul::dot` gives 0.4%).
-fn dot_seq(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    for (x, y) in a.chunks(8).zip(b.chunks(8)) {
-        for i in 0..x.len() {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    acc.iter().sum()
-}
-
 pub fn act_fn(a: FfnAct) -> fn(f32) -> f32 {
     match a {
         FfnAct::Silu => silu,
-        FfnAct::Gelu => gelu,
+        FfnAct::Gelu => gelu_f16_table,
     }
 }
 
@@ -163,9 +148,6 @@ fn attention(
     }
     kv.store(il, pos0, &k, &v);
 
-    let scale = 1.0 / (hd as f32).sqrt();
-    let group = hp.n_head / hp.n_head_kv;
-    let window = if swa { hp.sliding_window } else { None };
     // The cached rows this batch can see, widened to f32 once per layer and batch (half's slice
     // conversion uses F16C where the CPU has it) rather than once per query and head.
     let seen = (pos0 + n) * kv_dim;
@@ -173,31 +155,20 @@ fn attention(
     let mut vc = vec![0.0f32; seen];
     kv.k[il][..seen].convert_to_f32_slice(&mut kc);
     kv.v[il][..seen].convert_to_f32_slice(&mut vc);
-    // out: (n, n_head * hd); one task per (token, head).
+    // out: (n, n_head * hd)
     let mut out = vec![0.0f32; n * q_dim];
-    out.par_chunks_exact_mut(hd)
-        .enumerate()
-        .for_each(|(idx, o)| {
-            let (t, head) = (idx / hp.n_head, idx % hp.n_head);
-            let pos = pos0 + t;
-            let lo = window.map_or(0, |w| (pos + 1).saturating_sub(w));
-            let kvh = head / group;
-            let qv = &q[t * q_dim + head * hd..t * q_dim + (head + 1) * hd];
-            // scores over positions lo..=pos
-            let mut s: Vec<f32> = (lo..=pos)
-                .map(|j| {
-                    dot_seq(qv, &kc[j * kv_dim + kvh * hd..j * kv_dim + (kvh + 1) * hd]) * scale
-                })
-                .collect();
-            softmax(&mut s);
-            o.fill(0.0);
-            for (p, j) in s.iter().zip(lo..=pos) {
-                let vv = &vc[j * kv_dim + kvh * hd..j * kv_dim + (kvh + 1) * hd];
-                for (a, &b) in o.iter_mut().zip(vv) {
-                    *a += p * b;
-                }
-            }
-        });
+    let inp = AttnInput {
+        q: &q,
+        k: &kc,
+        v: &vc,
+        n_head: hp.n_head,
+        n_head_kv: hp.n_head_kv,
+        head_dim: hd,
+        pos0,
+        window: if swa { hp.sliding_window } else { None },
+        scale: 1.0 / (hd as f32).sqrt(),
+    };
+    kernels::attention::attention(&inp, &mut out);
     let mut res = vec![0.0f32; n * hp.n_embd];
     linear(&lw.wo, &out, n, &mut res);
     res

@@ -2,6 +2,7 @@
 //! buffer per layer for K and one for V, indexed by position.
 
 use half::f16;
+use half::vec::HalfBitsVecExt;
 
 pub struct KvCache {
     pub n_ctx: usize,
@@ -14,15 +15,15 @@ pub struct KvCache {
 
 impl KvCache {
     pub fn new(n_layer: usize, n_ctx: usize, kv_dim: usize) -> KvCache {
+        // Zeroed u16 buffers come from the allocator's zeroed pages, which the OS maps only
+        // when written: the cache costs resident memory for the positions used, not for n_ctx
+        // (`vec![f16::ZERO; n]` wrote every element).
+        let zeros = || vec![0u16; n_ctx * kv_dim].reinterpret_into::<f16>();
         KvCache {
             n_ctx,
             kv_dim,
-            k: (0..n_layer)
-                .map(|_| vec![f16::ZERO; n_ctx * kv_dim])
-                .collect(),
-            v: (0..n_layer)
-                .map(|_| vec![f16::ZERO; n_ctx * kv_dim])
-                .collect(),
+            k: (0..n_layer).map(|_| zeros()).collect(),
+            v: (0..n_layer).map(|_| zeros()).collect(),
             n_past: 0,
         }
     }

@@ -3,9 +3,10 @@
 //! `vpdpbusd` multiplies unsigned bytes by signed bytes and adds each four products into an i32
 //! lane, without saturation. Weights are therefore made unsigned by an offset `c` (Q4_0: its
 //! -8 is dropped, Q8_0 and the lookup tables get +128) and the activations' block sums pay it
-//! back: `sum(w * y) = sum((w + c) * y) - c * sum(y)`, all in exact i32. One 512-bit register
+//! back: `sum(w * y) = sum((w + c) * y) - c * sum(y)`, the second term scaled and added once per
+//! group of blocks (a lane permute per block pair and token saved). One 512-bit register
 //! holds two blocks (lanes 0-7 and 8-15), and blocks go in groups of 16 so that their 16 scales
-//! are gathered and multiplied as one vector. The last `n % 16` blocks use the AVX2 kernel.
+//! are gathered and multiplied as one vector; a last group of fewer than 16 blocks is masked.
 //!
 //! Every function here needs AVX-512 F/BW/VL/VNNI plus AVX2, FMA and F16C; the dispatcher
 //! calls them only after detecting those.
@@ -16,10 +17,9 @@
 use std::arch::x86_64::*;
 
 use super::avx2::{load128, load256};
-use super::{avx2, ActRow, DotFn, DotMultiFn, MULTI, QK8_0};
+use super::{ActRow, DotFn, DotMultiFn, MULTI, QK8_0};
 use crate::tensor::quants::iq::{BlockIq4Nl, KVALUES_IQ4NL};
 use crate::tensor::quants::legacy::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0};
-use crate::tensor::quants::mxfp4::{BlockMxfp4, KVALUES_MXFP4};
 use crate::tensor::quants::{as_blocks, Block};
 use crate::tensor::GgmlType;
 
@@ -32,7 +32,6 @@ pub(super) fn kernel(ty: GgmlType) -> Option<DotFn> {
         Q5_1 => dot32::<BlockQ5_1>,
         Q8_0 => dot32::<BlockQ8_0>,
         Iq4Nl => dot32::<BlockIq4Nl>,
-        Mxfp4 => dot32::<BlockMxfp4>,
         _ => return None,
     })
 }
@@ -48,7 +47,6 @@ pub(super) fn kernel_multi(ty: GgmlType) -> Option<DotMultiFn> {
         Q5_1 => dot32_n::<BlockQ5_1, MULTI>,
         Q8_0 => dot32_n::<BlockQ8_0, MULTI>,
         Iq4Nl => dot32_n::<BlockIq4Nl, MULTI>,
-        Mxfp4 => dot32_n::<BlockMxfp4, MULTI>,
         _ => return None,
     })
 }
@@ -84,19 +82,32 @@ pub(super) unsafe fn table_u8(t: &[i8; 16]) -> __m512i {
     unsafe { _mm512_broadcast_i32x4(_mm_loadu_si128(shifted.as_ptr().cast())) }
 }
 
-/// The first 4 bytes of each of 16 consecutive blocks, as u32 lanes.
+/// The first 4 bytes of each of the first blocks of a group (lanes whose `mask` bit is set;
+/// the others are 0), as u32 lanes.
 #[inline(always)]
-unsafe fn gather_heads<B: Block>(group: &[B; GROUP]) -> __m512i {
+unsafe fn gather_heads<B: Block>(group: &[B], mask: u16) -> __m512i {
     let size = std::mem::size_of::<B>() as i32;
     unsafe {
         let offsets = _mm512_mullo_epi32(
             _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
             _mm512_set1_epi32(size),
         );
-        // SAFETY: every block is at least 17 bytes, so each 4-byte read starts inside the group
-        // and ends inside it; gathers need no alignment.
-        _mm512_i32gather_epi32::<1>(offsets, group.as_ptr().cast())
+        // SAFETY: `mask` selects only blocks of `group` (see `group_mask`); every block is at
+        // least 17 bytes, so each 4-byte read stays inside its block; gathers need no alignment.
+        _mm512_mask_i32gather_epi32::<1>(
+            _mm512_setzero_si512(),
+            mask,
+            offsets,
+            group.as_ptr().cast(),
+        )
     }
+}
+
+/// The lane mask of a group of `n` blocks (1 to 16).
+#[inline(always)]
+fn group_mask(n: usize) -> u16 {
+    debug_assert!((1..=GROUP).contains(&n));
+    (u32::MAX >> (32 - n)) as u16
 }
 
 /// f16 values in the low 16 bits of each lane, widened to f32.
@@ -113,10 +124,10 @@ trait Pair: Block {
     const HAS_MIN: bool = false;
     /// Two blocks' quants plus `OFFSET`, as 64 unsigned bytes in value order.
     unsafe fn pair(a: &Self, b: &Self) -> __m512i;
-    /// The 16 blocks' scales.
-    unsafe fn scales(group: &[Self; GROUP]) -> __m512;
+    /// The scales of the group's blocks selected by `mask` (16 lanes; 0 where not selected).
+    unsafe fn scales(group: &[Self], mask: u16) -> __m512;
     /// The 16 blocks' mins (only with `HAS_MIN`).
-    unsafe fn mins(_group: &[Self; GROUP]) -> __m512 {
+    unsafe fn mins(_group: &[Self], _mask: u16) -> __m512 {
         unsafe { _mm512_setzero_ps() }
     }
 }
@@ -128,8 +139,8 @@ impl Pair for BlockQ4_0 {
         unsafe { nibble_pair(&a.qs, &b.qs) }
     }
     #[inline(always)]
-    unsafe fn scales(group: &[Self; GROUP]) -> __m512 {
-        unsafe { f16_lanes(gather_heads(group)) }
+    unsafe fn scales(group: &[Self], mask: u16) -> __m512 {
+        unsafe { f16_lanes(gather_heads(group, mask)) }
     }
 }
 
@@ -141,12 +152,12 @@ impl Pair for BlockQ4_1 {
         unsafe { nibble_pair(&a.qs, &b.qs) }
     }
     #[inline(always)]
-    unsafe fn scales(group: &[Self; GROUP]) -> __m512 {
-        unsafe { f16_lanes(gather_heads(group)) }
+    unsafe fn scales(group: &[Self], mask: u16) -> __m512 {
+        unsafe { f16_lanes(gather_heads(group, mask)) }
     }
     #[inline(always)]
-    unsafe fn mins(group: &[Self; GROUP]) -> __m512 {
-        unsafe { f16_lanes(_mm512_srli_epi32::<16>(gather_heads(group))) }
+    unsafe fn mins(group: &[Self], mask: u16) -> __m512 {
+        unsafe { f16_lanes(_mm512_srli_epi32::<16>(gather_heads(group, mask))) }
     }
 }
 
@@ -164,8 +175,8 @@ impl Pair for BlockQ5_0 {
         unsafe { fifth_bits(nibble_pair(&a.qs, &b.qs), a.qh, b.qh) }
     }
     #[inline(always)]
-    unsafe fn scales(group: &[Self; GROUP]) -> __m512 {
-        unsafe { f16_lanes(gather_heads(group)) }
+    unsafe fn scales(group: &[Self], mask: u16) -> __m512 {
+        unsafe { f16_lanes(gather_heads(group, mask)) }
     }
 }
 
@@ -177,12 +188,12 @@ impl Pair for BlockQ5_1 {
         unsafe { fifth_bits(nibble_pair(&a.qs, &b.qs), a.qh, b.qh) }
     }
     #[inline(always)]
-    unsafe fn scales(group: &[Self; GROUP]) -> __m512 {
-        unsafe { f16_lanes(gather_heads(group)) }
+    unsafe fn scales(group: &[Self], mask: u16) -> __m512 {
+        unsafe { f16_lanes(gather_heads(group, mask)) }
     }
     #[inline(always)]
-    unsafe fn mins(group: &[Self; GROUP]) -> __m512 {
-        unsafe { f16_lanes(_mm512_srli_epi32::<16>(gather_heads(group))) }
+    unsafe fn mins(group: &[Self], mask: u16) -> __m512 {
+        unsafe { f16_lanes(_mm512_srli_epi32::<16>(gather_heads(group, mask))) }
     }
 }
 
@@ -196,8 +207,8 @@ impl Pair for BlockQ8_0 {
         }
     }
     #[inline(always)]
-    unsafe fn scales(group: &[Self; GROUP]) -> __m512 {
-        unsafe { f16_lanes(gather_heads(group)) }
+    unsafe fn scales(group: &[Self], mask: u16) -> __m512 {
+        unsafe { f16_lanes(gather_heads(group, mask)) }
     }
 }
 
@@ -208,93 +219,76 @@ impl Pair for BlockIq4Nl {
         unsafe { _mm512_shuffle_epi8(table_u8(&KVALUES_IQ4NL), nibble_pair(&a.qs, &b.qs)) }
     }
     #[inline(always)]
-    unsafe fn scales(group: &[Self; GROUP]) -> __m512 {
-        unsafe { f16_lanes(gather_heads(group)) }
+    unsafe fn scales(group: &[Self], mask: u16) -> __m512 {
+        unsafe { f16_lanes(gather_heads(group, mask)) }
     }
 }
 
-impl Pair for BlockMxfp4 {
-    const OFFSET: i32 = 128;
-    #[inline(always)]
-    unsafe fn pair(a: &Self, b: &Self) -> __m512i {
-        unsafe { _mm512_shuffle_epi8(table_u8(&KVALUES_MXFP4), nibble_pair(&a.qs, &b.qs)) }
-    }
-    #[inline(always)]
-    unsafe fn scales(group: &[Self; GROUP]) -> __m512 {
-        unsafe {
-            // e8m0_to_f32_half: 2^(e - 128) as float bits, (e - 1) << 23, subnormal for e < 2.
-            let e = _mm512_and_si512(gather_heads(group), _mm512_set1_epi32(0xff));
-            let normal = _mm512_slli_epi32::<23>(_mm512_sub_epi32(e, _mm512_set1_epi32(1)));
-            let tiny = _mm512_sllv_epi32(_mm512_set1_epi32(0x0020_0000), e);
-            let is_tiny = _mm512_cmplt_epu32_mask(e, _mm512_set1_epi32(2));
-            _mm512_castsi512_ps(_mm512_mask_blend_epi32(is_tiny, normal, tiny))
-        }
-    }
-}
-
-/// `N` activation rows' sums over 16-block groups (two accumulators per row), then the last
-/// `n % 16` blocks with the AVX2 kernel. Each weight pair is unpacked once for all `N` rows; the
-/// operations on each row are the same whatever `N`, so results do not depend on it.
+/// `N` activation rows' sums over groups of up to 16 blocks (one accumulator per row); the
+/// last group's missing blocks are masked out (zero scales, zero activations). Each weight pair
+/// is unpacked once for all `N` rows; the operations on each row are the same whatever `N`, so
+/// results do not depend on it.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 #[inline]
 unsafe fn dot32_n<B: Pair, const N: usize>(w: &[u8], a: &[ActRow<'_>; N]) -> [f32; N] {
     let blocks = as_blocks::<B>(w);
-    let (groups, _) = blocks.as_chunks::<GROUP>();
-    let ys: [&[[i8; 64]]; N] = std::array::from_fn(|t| a[t].qs.as_chunks::<64>().0);
-    let mut acc = [[_mm512_setzero_ps(); 2]; N];
+    let n_blocks = blocks.len();
+    for t in 0..N {
+        assert!(a[t].qs.len() >= n_blocks * QK8_0 && a[t].d.len() >= n_blocks);
+        assert!(a[t].sums.len() >= n_blocks && (!B::HAS_MIN || a[t].s.len() >= n_blocks));
+    }
+    // One accumulator per row: with a second one chosen by `j % 2` the compiler kept them all
+    // on the stack.
+    let mut acc = [_mm512_setzero_ps(); N];
     let mut acc_min = [_mm512_setzero_ps(); N];
     // Lanes 0-7 take element 2j, lanes 8-15 element 2j + 1.
     let halves = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
-    for (g, gb) in groups.iter().enumerate() {
-        let b0 = g * GROUP;
+    for b0 in (0..n_blocks).step_by(GROUP) {
+        let gb = &blocks[b0..n_blocks.min(b0 + GROUP)];
+        let mask = group_mask(gb.len());
         // SAFETY (this block and below): this function's target features are the helpers';
-        // the loads read 16 values of slices sliced to 16.
+        // masked loads read only the group's blocks of each activation array (asserted long
+        // enough above), and full loads read whole pairs of blocks inside them.
         unsafe {
-            let w_scales = B::scales(gb);
+            let w_scales = B::scales(gb, mask);
             let mut scales = [_mm512_setzero_ps(); N];
-            let mut corr = [_mm512_setzero_si512(); N];
             for t in 0..N {
-                let dy = _mm512_loadu_ps(a[t].d[b0..b0 + GROUP].as_ptr());
+                let dy = _mm512_maskz_loadu_ps(mask, a[t].d.as_ptr().add(b0));
                 scales[t] = _mm512_mul_ps(w_scales, dy);
-                let sums = _mm512_loadu_epi32(a[t].sums[b0..b0 + GROUP].as_ptr());
-                corr[t] = _mm512_mullo_epi32(sums, _mm512_set1_epi32(-B::OFFSET));
+                if B::OFFSET != 0 {
+                    // The offset's share, -OFFSET * sum(y) per block, once per group.
+                    let sums = _mm512_maskz_loadu_epi32(mask, a[t].sums.as_ptr().add(b0));
+                    let corr = _mm512_mullo_epi32(sums, _mm512_set1_epi32(-B::OFFSET));
+                    acc_min[t] = _mm512_fmadd_ps(scales[t], _mm512_cvtepi32_ps(corr), acc_min[t]);
+                }
             }
-            for j in 0..GROUP / 2 {
+            for j in 0..gb.len().div_ceil(2) {
                 let idx = _mm512_add_epi32(halves, _mm512_set1_epi32(2 * j as i32));
-                let wv = B::pair(&gb[2 * j], &gb[2 * j + 1]);
+                // An odd last block is paired with itself; its second half meets zero
+                // activations and a zero scale.
+                let full = 2 * j + 1 < gb.len();
+                let wv = B::pair(&gb[2 * j], &gb[if full { 2 * j + 1 } else { 2 * j }]);
+                let y_mask: u64 = if full { u64::MAX } else { u32::MAX as u64 };
                 for t in 0..N {
-                    let init = if B::OFFSET != 0 {
-                        _mm512_maskz_permutexvar_epi32(0x0101, idx, corr[t])
-                    } else {
-                        _mm512_setzero_si512()
-                    };
-                    let p = _mm512_dpbusd_epi32(init, wv, load_i8x64(&ys[t][b0 / 2 + j]));
+                    let y_ptr = a[t].qs.as_ptr().add((b0 + 2 * j) * QK8_0);
+                    let y = _mm512_maskz_loadu_epi8(y_mask, y_ptr);
+                    let p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv, y);
                     let s = _mm512_permutexvar_ps(idx, scales[t]);
-                    acc[t][j % 2] = _mm512_fmadd_ps(s, _mm512_cvtepi32_ps(p), acc[t][j % 2]);
+                    acc[t] = _mm512_fmadd_ps(s, _mm512_cvtepi32_ps(p), acc[t]);
                 }
             }
             if B::HAS_MIN {
-                let mins = B::mins(gb);
+                let mins = B::mins(gb, mask);
                 for t in 0..N {
-                    let s = _mm512_loadu_ps(a[t].s[b0..b0 + GROUP].as_ptr());
+                    let s = _mm512_maskz_loadu_ps(mask, a[t].s.as_ptr().add(b0));
                     acc_min[t] = _mm512_fmadd_ps(mins, s, acc_min[t]);
                 }
             }
         }
     }
-    let done = groups.len() * GROUP;
-    let tail = (done < blocks.len()).then(|| {
-        let f = avx2::kernel(B::TYPE).expect("every 32-value type has an AVX2 kernel");
-        (f, &w[done * std::mem::size_of::<B>()..])
-    });
     std::array::from_fn(|t| {
-        let all = _mm512_add_ps(_mm512_add_ps(acc[t][0], acc[t][1]), acc_min[t]);
-        let mut sum = _mm512_reduce_add_ps(all);
-        if let Some((f, w_tail)) = tail {
-            // SAFETY: the AVX2 kernel needs a subset of this function's features.
-            sum += unsafe { f(w_tail, &a[t].skip(done * QK8_0, QK8_0)) };
-        }
-        sum
+        let all = _mm512_add_ps(acc[t], acc_min[t]);
+        _mm512_reduce_add_ps(all)
     })
 }
 

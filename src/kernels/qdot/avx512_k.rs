@@ -81,7 +81,7 @@ impl<'a, const N: usize> Rows<'a, N> {
 }
 
 /// Q4_K and Q5_K super-block `i` (with `HIGH`, adding `qh`'s fifth bits) for `N` rows: adds
-/// `d * dy * sum(sc * q * y)` to `acc[t]` and `dmin * dy * sum(m * bsum)` to `acc_m[t]`. The
+/// `d * dy * sum(sc * q * y)` to `acc[t]` and subtracts `dmin * dy * sum(m * bsum)`. The
 /// weights are unpacked once; each row sees the same operations whatever `N`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
@@ -93,7 +93,6 @@ unsafe fn k4<const HIGH: bool, const N: usize>(
     i: usize,
     r: &Rows<'_, N>,
     acc: &mut [__m512; N],
-    acc_m: &mut [__m256; N],
 ) {
     unsafe {
         let (sc, m) = k4_scales_mins_packed(scales);
@@ -105,9 +104,12 @@ unsafe fn k4<const HIGH: bool, const N: usize>(
             mins16,
         );
         for t in 0..N {
+            // Subtracted from the same accumulator (its upper half gets zeros): a second
+            // accumulator per row made eight rows spill to the stack.
             let prod = _mm256_madd_epi16(mins16, load_bsums(&r.bsums[t][i]));
-            let dm = _mm256_set1_ps(dmin * r.d[t][i]);
-            acc_m[t] = _mm256_fmadd_ps(dm, _mm256_cvtepi32_ps(prod), acc_m[t]);
+            let dm = _mm512_set1_ps(dmin * r.d[t][i]);
+            let prod = _mm512_zextps256_ps512(_mm256_cvtepi32_ps(prod));
+            acc[t] = _mm512_fnmadd_ps(dm, prod, acc[t]);
         }
 
         let sc16 = _mm512_cvtepu8_epi16(_mm256_castsi128_si256(_mm_cvtsi64_si128(
@@ -142,43 +144,34 @@ unsafe fn k4<const HIGH: bool, const N: usize>(
     }
 }
 
-/// Shared ending of the k-quant kernels.
-#[inline(always)]
-unsafe fn finish(acc: __m512, acc_m: __m256) -> f32 {
-    unsafe {
-        let m = _mm512_castps256_ps512(acc_m);
-        _mm512_reduce_add_ps(acc) - _mm512_reduce_add_ps(_mm512_maskz_mov_ps(0x00ff, m))
-    }
-}
-
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 #[inline]
 unsafe fn q4_k_n<const N: usize>(w: &[u8], a: &[ActRow<'_>; N]) -> [f32; N] {
     let r = Rows::new(a);
-    let (mut acc, mut acc_m) = ([_mm512_setzero_ps(); N], [_mm256_setzero_ps(); N]);
+    let mut acc = [_mm512_setzero_ps(); N];
     for (i, b) in as_blocks::<BlockQ4K>(w).iter().enumerate() {
         // SAFETY (this block and below): this function's target features are the helpers'.
         unsafe {
             let d = (f16x1(b.d), f16x1(b.dmin));
-            k4::<false, N>(&b.qs, &[0; 32], d, &b.scales, i, &r, &mut acc, &mut acc_m);
+            k4::<false, N>(&b.qs, &[0; 32], d, &b.scales, i, &r, &mut acc);
         }
     }
-    std::array::from_fn(|t| unsafe { finish(acc[t], acc_m[t]) })
+    std::array::from_fn(|t| _mm512_reduce_add_ps(acc[t]))
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 #[inline]
 unsafe fn q5_k_n<const N: usize>(w: &[u8], a: &[ActRow<'_>; N]) -> [f32; N] {
     let r = Rows::new(a);
-    let (mut acc, mut acc_m) = ([_mm512_setzero_ps(); N], [_mm256_setzero_ps(); N]);
+    let mut acc = [_mm512_setzero_ps(); N];
     for (i, b) in as_blocks::<BlockQ5K>(w).iter().enumerate() {
         // SAFETY (this block and below): this function's target features are the helpers'.
         unsafe {
             let d = (f16x1(b.d), f16x1(b.dmin));
-            k4::<true, N>(&b.qs, &b.qh, d, &b.scales, i, &r, &mut acc, &mut acc_m);
+            k4::<true, N>(&b.qs, &b.qh, d, &b.scales, i, &r, &mut acc);
         }
     }
-    std::array::from_fn(|t| unsafe { finish(acc[t], acc_m[t]) })
+    std::array::from_fn(|t| _mm512_reduce_add_ps(acc[t]))
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]

@@ -13,7 +13,7 @@ use crate::tensor::TensorView;
 
 /// Tokens per tile: their quantized rows (about 1.1 bytes per value) stay in L1 together with
 /// the weight row being dotted.
-const TOK_TILE: usize = 8;
+const TOK_TILE: usize = 16;
 
 /// `out[t][r] = W[r] · x[t]` for `n_tok` tokens: `x` is (n_tok, n_cols), `out` is
 /// (n_tok, n_rows). Activations are quantized to the weight type's [`super::ActKind`] first.
@@ -28,8 +28,17 @@ pub fn qmatmul_acts(w: &TensorView, acts: &QuantizedActs, out: &mut [f32]) {
     qmatmul_acts_at(selected_level(), w, acts, out);
 }
 
-/// Rows per rayon task: about eight tasks per thread, for balance, and not fewer than 4 rows.
-fn rows_per_task(m: usize) -> usize {
+/// Products smaller than this many multiply-adds run on the calling thread: waking rayon's
+/// workers and joining them costs more than such a product (the tiny MoE's 256 x 256 matrices,
+/// about a hundred per decoded token, spent more time in rayon than in the kernels).
+const PAR_MIN_MACS: usize = 1 << 18;
+
+/// Rows per rayon task: about eight tasks per thread, for balance, and not fewer than 4 rows;
+/// all rows in one task for a product under [`PAR_MIN_MACS`].
+fn rows_per_task(m: usize, k: usize, n_tok: usize) -> usize {
+    if m * k * n_tok < PAR_MIN_MACS {
+        return m.max(1);
+    }
     (m / (rayon::current_num_threads() * 8)).clamp(4, 256)
 }
 
@@ -57,43 +66,60 @@ pub fn qmatmul_acts_at(level: SimdLevel, w: &TensorView, acts: &QuantizedActs, o
     );
     let kernel = Kernel::new(level, w.ty, acts);
     let rows: Vec<ActRow<'_>> = (0..n_tok).map(|t| acts.row(t)).collect();
-    let rpt = rows_per_task(m);
+    let rpt = rows_per_task(m, k, n_tok);
+    let n_tasks = m.div_ceil(rpt);
 
     if n_tok == 1 {
-        out.par_chunks_mut(rpt).enumerate().for_each(|(c, o)| {
+        let task = |(c, o): (usize, &mut [f32])| {
             for (i, y) in o.iter_mut().enumerate() {
                 *y = kernel.call(w.row(c * rpt + i), &rows[0]);
             }
-        });
+        };
+        if n_tasks == 1 {
+            task((0, out));
+        } else {
+            out.par_chunks_mut(rpt).enumerate().for_each(task);
+        }
         return;
     }
 
-    // (m, n_tok): each task owns whole rows.
-    let mut by_row = vec![0.0f32; m * n_tok];
-    by_row
-        .par_chunks_mut(rpt * n_tok)
-        .enumerate()
-        .for_each(|(c, o)| {
-            let r0 = c * rpt;
-            for t0 in (0..n_tok).step_by(TOK_TILE) {
-                let tile = &rows[t0..(t0 + TOK_TILE).min(n_tok)];
-                for (i, o_row) in o.chunks_exact_mut(n_tok).enumerate() {
-                    let w_row = w.row(r0 + i);
-                    let o_tile = &mut o_row[t0..t0 + tile.len()];
-                    let (a4, a_rest) = tile.as_chunks::<MULTI>();
-                    let (o4, o_rest) = o_tile.as_chunks_mut::<MULTI>();
-                    for (y, a) in o4.iter_mut().zip(a4) {
-                        *y = kernel.call_multi(w_row, a);
-                    }
-                    for (y, a) in o_rest.iter_mut().zip(a_rest) {
-                        *y = kernel.call(w_row, a);
-                    }
+    // Each task owns the output columns r0..r0 + rpt of every token row and writes them in
+    // place (a transpose after the fact, single-threaded, took a tenth of prompt time).
+    let out_ptr = SharedOut(out.as_mut_ptr());
+    let task = |c: usize| {
+        let out_ptr = &out_ptr;
+        let r0 = c * rpt;
+        let r1 = (r0 + rpt).min(m);
+        let mut vals = [0.0f32; TOK_TILE];
+        for t0 in (0..n_tok).step_by(TOK_TILE) {
+            let tile = &rows[t0..(t0 + TOK_TILE).min(n_tok)];
+            for r in r0..r1 {
+                let w_row = w.row(r);
+                let o_tile = &mut vals[..tile.len()];
+                let (a4, a_rest) = tile.as_chunks::<MULTI>();
+                let (o4, o_rest) = o_tile.as_chunks_mut::<MULTI>();
+                for (y, a) in o4.iter_mut().zip(a4) {
+                    *y = kernel.call_multi(w_row, a);
+                }
+                for (y, a) in o_rest.iter_mut().zip(a_rest) {
+                    *y = kernel.call(w_row, a);
+                }
+                for (i, &v) in o_tile.iter().enumerate() {
+                    // SAFETY: (t0 + i, r) is inside `out` (asserted to be (n_tok, m) above),
+                    // and column r belongs to this task alone.
+                    unsafe { *out_ptr.0.add((t0 + i) * m + r) = v };
                 }
             }
-        });
-    for (r, vals) in by_row.chunks_exact(n_tok).enumerate() {
-        for (t, &v) in vals.iter().enumerate() {
-            out[t * m + r] = v;
         }
+    };
+    if n_tasks == 1 {
+        task(0);
+    } else {
+        (0..n_tasks).into_par_iter().for_each(task);
     }
 }
+
+/// The output matrix, shared by tasks that write disjoint columns of it.
+struct SharedOut(*mut f32);
+// SAFETY: tasks write disjoint elements, and `out` outlives the parallel loop that uses it.
+unsafe impl Sync for SharedOut {}

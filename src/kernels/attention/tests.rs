@@ -1,0 +1,179 @@
+//! The SIMD kernels against the plain twin (bit for bit), and the plain twin against an f64
+//! computation of softmax attention.
+
+use super::*;
+
+struct Rng(u64);
+
+impl Rng {
+    fn unit(&mut self) -> f32 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+    fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
+        (0..n).map(|_| self.unit() * scale).collect()
+    }
+}
+
+struct Case {
+    n_head: usize,
+    n_head_kv: usize,
+    head_dim: usize,
+    pos0: usize,
+    n: usize,
+    window: Option<usize>,
+}
+
+const CASES: &[Case] = &[
+    // decode, one head group
+    Case {
+        n_head: 4,
+        n_head_kv: 1,
+        head_dim: 256,
+        pos0: 37,
+        n: 1,
+        window: None,
+    },
+    // prompt with GQA, key counts not multiples of 8
+    Case {
+        n_head: 9,
+        n_head_kv: 3,
+        head_dim: 64,
+        pos0: 0,
+        n: 21,
+        window: None,
+    },
+    // continuing batch with a sliding window shorter than the context
+    Case {
+        n_head: 4,
+        n_head_kv: 2,
+        head_dim: 32,
+        pos0: 11,
+        n: 13,
+        window: Some(7),
+    },
+    // head_dim 72: not a multiple of 64 (partial value chunk)
+    Case {
+        n_head: 2,
+        n_head_kv: 2,
+        head_dim: 72,
+        pos0: 3,
+        n: 5,
+        window: None,
+    },
+    // head_dim 56: passes of 32, 16 and 8 values
+    Case {
+        n_head: 2,
+        n_head_kv: 1,
+        head_dim: 56,
+        pos0: 9,
+        n: 4,
+        window: None,
+    },
+    // head_dim 12: not a multiple of 8 (plain everywhere)
+    Case {
+        n_head: 2,
+        n_head_kv: 1,
+        head_dim: 12,
+        pos0: 2,
+        n: 3,
+        window: Some(100),
+    },
+];
+
+fn inputs(c: &Case, rng: &mut Rng, mag: f32) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let kv = (c.pos0 + c.n) * c.n_head_kv * c.head_dim;
+    (
+        rng.vec(c.n * c.n_head * c.head_dim, mag),
+        rng.vec(kv, mag),
+        rng.vec(kv, 1.0),
+    )
+}
+
+fn input<'a>(c: &Case, q: &'a [f32], k: &'a [f32], v: &'a [f32]) -> AttnInput<'a> {
+    AttnInput {
+        q,
+        k,
+        v,
+        n_head: c.n_head,
+        n_head_kv: c.n_head_kv,
+        head_dim: c.head_dim,
+        pos0: c.pos0,
+        window: c.window,
+        scale: 1.0 / (c.head_dim as f32).sqrt(),
+    }
+}
+
+#[test]
+fn simd_matches_plain_bit_for_bit() {
+    let mut rng = Rng(5);
+    for c in CASES {
+        // Large magnitudes make the scores cancel, where any change of order would show.
+        for mag in [1.0, 40.0] {
+            let (q, k, v) = inputs(c, &mut rng, mag);
+            let inp = input(c, &q, &k, &v);
+            let mut want = vec![0.0; q.len()];
+            attention_at(SimdLevel::Plain, &inp, &mut want);
+            for level in SimdLevel::available() {
+                let mut got = vec![1.0; q.len()];
+                attention_at(level, &inp, &mut got);
+                assert_eq!(got, want, "{level:?} head_dim {}", c.head_dim);
+            }
+        }
+    }
+}
+
+#[test]
+fn plain_matches_f64_softmax_attention() {
+    let mut rng = Rng(9);
+    for c in CASES {
+        let (q, k, v) = inputs(c, &mut rng, 3.0);
+        let inp = input(c, &q, &k, &v);
+        let mut got = vec![0.0; q.len()];
+        attention_at(SimdLevel::Plain, &inp, &mut got);
+        let hd = c.head_dim;
+        let (q_dim, kv_dim) = (c.n_head * hd, c.n_head_kv * hd);
+        for t in 0..c.n {
+            for h in 0..c.n_head {
+                let pos = c.pos0 + t;
+                let lo = c.window.map_or(0, |w| (pos + 1).saturating_sub(w));
+                let kvo = (h / (c.n_head / c.n_head_kv)) * hd;
+                let qv = &q[t * q_dim + h * hd..][..hd];
+                let s: Vec<f64> = (lo..=pos)
+                    .map(|j| {
+                        let kr = &k[j * kv_dim + kvo..][..hd];
+                        let d: f64 = qv.iter().zip(kr).map(|(&a, &b)| a as f64 * b as f64).sum();
+                        d * inp.scale as f64
+                    })
+                    .collect();
+                let max = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let e: Vec<f64> = s.iter().map(|&x| (x - max).exp()).collect();
+                let sum: f64 = e.iter().sum();
+                for d in 0..hd {
+                    let want: f64 = (lo..=pos)
+                        .zip(&e)
+                        .map(|(j, &p)| p / sum * v[j * kv_dim + kvo + d] as f64)
+                        .sum();
+                    let g = got[t * q_dim + h * hd + d] as f64;
+                    assert!(
+                        (g - want).abs() < 1e-5,
+                        "t {t} head {h} d {d}: {g} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+#[should_panic(expected = "fewer than pos0 + n")]
+fn short_cache_view_panics() {
+    let c = &CASES[1];
+    let mut rng = Rng(1);
+    let (q, k, v) = inputs(c, &mut rng, 1.0);
+    let inp = input(c, &q, &k[..k.len() - 1], &v);
+    attention(&inp, &mut vec![0.0; q.len()]);
+}
