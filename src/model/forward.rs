@@ -26,6 +26,13 @@ fn add_bias(x: &mut [f32], b: &Option<Vec<f32>>) {
     }
 }
 
+/// Granite's multipliers; 1 leaves `x` untouched, bit for bit.
+fn scale(x: &mut [f32], s: f32) {
+    if s != 1.0 {
+        x.iter_mut().for_each(|v| *v *= s);
+    }
+}
+
 fn add(x: &mut [f32], y: &[f32]) {
     for (a, &b) in x.iter_mut().zip(y) {
         *a += b;
@@ -56,6 +63,7 @@ pub fn forward(
         let s = (e as f32).sqrt();
         x.iter_mut().for_each(|v| *v *= s);
     }
+    scale(&mut x, hp.scales.embedding);
 
     for (il, lw) in w.layers.iter().enumerate() {
         let mut h = x.clone();
@@ -64,6 +72,7 @@ pub fn forward(
         if let Some(pn) = &lw.post_attn_norm {
             rms_norm_rows(&mut attn_out, pn, hp.rms_eps);
         }
+        scale(&mut attn_out, hp.scales.residual);
         add(&mut x, &attn_out);
 
         let mut h = x.clone();
@@ -85,6 +94,7 @@ pub fn forward(
         if let Some(pn) = &lw.post_ffn_norm {
             rms_norm_rows(&mut ffn_out, pn, hp.rms_eps);
         }
+        scale(&mut ffn_out, hp.scales.residual);
         add(&mut x, &ffn_out);
     }
     kv.n_past = pos0 + n;
@@ -95,6 +105,7 @@ pub fn forward(
     rms_norm_rows(&mut xo, &w.output_norm, hp.rms_eps);
     let mut logits = vec![0.0f32; n_out * hp.n_vocab];
     linear(&w.output, &xo, n_out, &mut logits);
+    scale(&mut logits, 1.0 / hp.scales.logit);
     logits
 }
 
@@ -163,7 +174,7 @@ fn attention(
     }
     kv.store(il, pos0, &k, &v);
 
-    let scale = 1.0 / (hd as f32).sqrt();
+    let scale = hp.scales.attention.unwrap_or(1.0 / (hd as f32).sqrt());
     let group = hp.n_head / hp.n_head_kv;
     let window = if swa { hp.sliding_window } else { None };
     // The cached rows this batch can see, widened to f32 once per layer and batch (half's slice
@@ -200,5 +211,6 @@ fn attention(
         });
     let mut res = vec![0.0f32; n * hp.n_embd];
     linear(&lw.wo, &out, n, &mut res);
+    add_bias(&mut res, &lw.bo);
     res
 }

@@ -1,6 +1,6 @@
 //! Hyperparameters read from GGUF metadata under llama.cpp's key names.
 
-use super::arch::{self, ArchSpec};
+use super::arch::{self, ArchSpec, Experts};
 use crate::error::{Error, Result};
 use crate::gguf::GgufHeader;
 
@@ -21,7 +21,37 @@ pub struct HParams {
     pub sliding_window: Option<usize>,
     pub n_expert: usize,
     pub n_expert_used: usize,
+    /// Granite's multipliers (all 1 and `None` elsewhere).
+    pub scales: Scales,
 }
+
+/// Multipliers some architectures apply (Granite): llama.cpp treats a missing or zero key as
+/// "none".
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Scales {
+    /// Token embeddings are multiplied by it.
+    pub embedding: f32,
+    /// Attention and FFN outputs are multiplied by it before the residual add.
+    pub residual: f32,
+    /// The attention score scale instead of `1/sqrt(head_dim)`.
+    pub attention: Option<f32>,
+    /// Logits are divided by it.
+    pub logit: f32,
+}
+
+impl Default for Scales {
+    fn default() -> Self {
+        Scales {
+            embedding: 1.0,
+            residual: 1.0,
+            attention: None,
+            logit: 1.0,
+        }
+    }
+}
+
+/// Most experts a file may declare (llama.cpp's `LLAMA_MAX_EXPERTS`).
+pub const MAX_EXPERTS: usize = 1024;
 
 fn required(h: &GgufHeader, key: &str) -> Result<usize> {
     let v = h
@@ -66,18 +96,16 @@ impl HParams {
             .and_then(|v| v.as_array())
             .map(|a| a.len())
             .ok_or_else(|| Error::metadata("tokenizer.ggml.tokens", "missing"))?;
-        let (n_expert, n_expert_used) = if arch.moe {
-            let n = required(h, &k("expert_count"))?;
-            let used = required(h, &k("expert_used_count"))?;
-            if used > n {
-                return Err(Error::metadata(
-                    k("expert_used_count"),
-                    format!("{used} is more than the {n} experts"),
-                ));
-            }
-            (n, used)
+        let counted = h.get_u64(&k("expert_count"))?.is_some_and(|n| n > 0);
+        let (n_expert, n_expert_used) = match arch.experts {
+            Experts::Yes => expert_counts(h, name)?,
+            Experts::IfCounted if counted => expert_counts(h, name)?,
+            _ => (0, 0),
+        };
+        let scales = if arch.granite_scales {
+            granite_scales(h, name)?
         } else {
-            (0, 0)
+            Scales::default()
         };
         let rope_scale = match h.get_str(&k("rope.scaling.type"))? {
             Some("linear") => 1.0 / h.get_f64(&k("rope.scaling.factor"))?.unwrap_or(1.0) as f32,
@@ -106,7 +134,13 @@ impl HParams {
                 .map(|v| v as usize),
             n_expert,
             n_expert_used,
+            scales,
         })
+    }
+
+    /// Whether the layers' feed-forward is routed experts.
+    pub fn is_moe(&self) -> bool {
+        self.n_expert > 0
     }
 
     /// Whether layer `il` attends only within the sliding window.
@@ -116,4 +150,51 @@ impl HParams {
             _ => false,
         }
     }
+}
+
+/// `{arch}.expert_count` and `expert_used_count`, both required and consistent.
+fn expert_counts(h: &GgufHeader, arch: &str) -> Result<(usize, usize)> {
+    let (kn, ku) = (
+        format!("{arch}.expert_count"),
+        format!("{arch}.expert_used_count"),
+    );
+    let n = required(h, &kn)?;
+    if n > MAX_EXPERTS {
+        return Err(Error::metadata(
+            kn,
+            format!("{n} experts, more than the {MAX_EXPERTS} supported"),
+        ));
+    }
+    let used = required(h, &ku)?;
+    if used > n {
+        return Err(Error::metadata(
+            ku,
+            format!("{used} is more than the {n} experts"),
+        ));
+    }
+    Ok((n, used))
+}
+
+/// Granite's multipliers; each must be finite, and the logit scale non-zero.
+fn granite_scales(h: &GgufHeader, arch: &str) -> Result<Scales> {
+    let get = |s: &str| -> Result<Option<f32>> {
+        let key = format!("{arch}.{s}");
+        match h.get_f64(&key)? {
+            Some(v) if !v.is_finite() => Err(Error::metadata(key, format!("{v} is not finite"))),
+            Some(v) => Ok(Some(v as f32).filter(|&v| v != 0.0)),
+            None => Ok(None),
+        }
+    };
+    let logit = get("logit_scale")?.ok_or_else(|| {
+        Error::metadata(
+            format!("{arch}.logit_scale"),
+            "missing or zero, and the model cannot run without it",
+        )
+    })?;
+    Ok(Scales {
+        embedding: get("embedding_scale")?.unwrap_or(1.0),
+        residual: get("residual_scale")?.unwrap_or(1.0),
+        attention: get("attention.scale")?,
+        logit,
+    })
 }

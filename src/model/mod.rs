@@ -6,6 +6,7 @@ pub mod hparams;
 pub mod info;
 pub mod kv_cache;
 pub mod moe;
+pub mod routing;
 pub mod weights;
 
 pub use hparams::HParams;

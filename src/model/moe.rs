@@ -4,10 +4,11 @@
 
 use super::forward::act_fn;
 use super::hparams::HParams;
-use super::weights::Ffn;
+use super::routing::{route, sigmoid, RouteParams};
+use super::weights::{Ffn, SharedExpert};
 use crate::kernels::activation::glu;
 use crate::kernels::linear;
-use crate::kernels::softmax::softmax;
+use crate::kernels::matmul::dot;
 
 /// Top-k by probability, highest first; ties go to the lower expert id.
 pub fn top_k(probs: &[f32], k: usize) -> Vec<usize> {
@@ -25,6 +26,7 @@ pub fn moe_ffn(hp: &HParams, ffn: &Ffn, h: &[f32], n: usize) -> Vec<f32> {
         up,
         down,
         n_ff,
+        shared,
     } = ffn
     else {
         unreachable!("moe_ffn is called for MoE layers only");
@@ -34,14 +36,16 @@ pub fn moe_ffn(hp: &HParams, ffn: &Ffn, h: &[f32], n: usize) -> Vec<f32> {
     linear(router, h, n, &mut logits);
 
     // Per expert: the tokens routed to it and their weights.
+    let rp = RouteParams {
+        routing: hp.arch.routing,
+        k: hp.n_expert_used,
+        selection_bias: None,
+        scale: 1.0,
+    };
     let mut routed: Vec<Vec<(usize, f32)>> = vec![Vec::new(); ne];
     for t in 0..n {
-        let probs = &mut logits[t * ne..(t + 1) * ne];
-        softmax(probs);
-        let sel = top_k(probs, hp.n_expert_used);
-        let sum: f32 = sel.iter().map(|&x| probs[x]).sum();
-        for &x in &sel {
-            routed[x].push((t, probs[x] / sum));
+        for (x, wt) in route(&rp, &logits[t * ne..(t + 1) * ne]) {
+            routed[x].push((t, wt));
         }
     }
 
@@ -71,5 +75,31 @@ pub fn moe_ffn(hp: &HParams, ffn: &Ffn, h: &[f32], n: usize) -> Vec<f32> {
             }
         }
     }
+    if let Some(sh) = shared {
+        shared_expert(hp, sh, h, n, &mut out);
+    }
     out
+}
+
+/// Adds the shared expert's output (gated by `sigmoid(gate_inp · x)` where it has a gate) to
+/// `out` (n, n_embd).
+fn shared_expert(hp: &HParams, sh: &SharedExpert, h: &[f32], n: usize, out: &mut [f32]) {
+    let (e, n_ff) = (hp.n_embd, sh.up.n_rows);
+    let mut g = vec![0.0f32; n * n_ff];
+    let mut u = vec![0.0f32; n * n_ff];
+    linear(&sh.gate, h, n, &mut g);
+    linear(&sh.up, h, n, &mut u);
+    glu(&mut g, &u, act_fn(hp.arch.ffn_act));
+    let mut d = vec![0.0f32; n * e];
+    linear(&sh.down, &g, n, &mut d);
+    for t in 0..n {
+        let x = &h[t * e..(t + 1) * e];
+        let gate = sh.gate_inp.as_ref().map_or(1.0, |w| sigmoid(dot(w, x)));
+        for (o, &v) in out[t * e..(t + 1) * e]
+            .iter_mut()
+            .zip(&d[t * e..(t + 1) * e])
+        {
+            *o += gate * v;
+        }
+    }
 }

@@ -19,7 +19,19 @@ pub enum Ffn<'a> {
         up: TensorView<'a>,
         down: TensorView<'a>,
         n_ff: usize,
+        /// The shared expert every token goes through (`ffn_*_shexp`), if the model has one.
+        shared: Option<Box<SharedExpert<'a>>>,
     },
+}
+
+/// A dense SwiGLU beside the routed experts; with `gate_inp` (Qwen2-MoE) its output is scaled
+/// by `sigmoid(gate_inp · x)`, without it (Granite) added as is.
+pub struct SharedExpert<'a> {
+    pub gate: TensorView<'a>,
+    pub up: TensorView<'a>,
+    pub down: TensorView<'a>,
+    /// (n_embd): the shared expert's scalar gate.
+    pub gate_inp: Option<Vec<f32>>,
 }
 
 pub struct LayerWeights<'a> {
@@ -28,6 +40,7 @@ pub struct LayerWeights<'a> {
     pub wk: TensorView<'a>,
     pub wv: TensorView<'a>,
     pub wo: TensorView<'a>,
+    pub bo: Option<Vec<f32>>,
     pub bq: Option<Vec<f32>>,
     pub bk: Option<Vec<f32>>,
     pub bv: Option<Vec<f32>>,
@@ -81,6 +94,86 @@ impl<'a> Loader<'a> {
     fn opt_vec(&self, name: &str, n: usize) -> Result<Option<Vec<f32>>> {
         Ok(self.opt(name, &[n])?.map(|t| t.to_f32()))
     }
+
+    /// An optional vector of length `a` or `b` (Q/K norms: per head, or over the whole
+    /// projection as OLMoE has them).
+    fn opt_vec_either(&self, name: &str, a: usize, b: usize) -> Result<Option<Vec<f32>>> {
+        match self.file.tensor(name).and_then(|t| t.dims.first()) {
+            Some(&d) if d as usize == b => self.opt_vec(name, b),
+            _ => self.opt_vec(name, a),
+        }
+    }
+
+    /// The first dimension of a 2-D tensor, or 0 when it is missing (the shape check that
+    /// follows names it).
+    fn dim(&self, name: &str, i: usize) -> usize {
+        self.file
+            .tensor(name)
+            .and_then(|t| t.dims.get(i))
+            .map_or(0, |&d| d as usize)
+    }
+
+    /// The routed experts of one layer, checked against `{arch}.expert_count`.
+    fn experts(&self, hp: &HParams, il: usize) -> Result<Ffn<'a>> {
+        let (e, ne) = (hp.n_embd, hp.n_expert);
+        let n = |s: &str| format!("blk.{il}.{s}");
+        let arch = hp.arch.name;
+        for s in [
+            "ffn_gate_exps.weight",
+            "ffn_up_exps.weight",
+            "ffn_down_exps.weight",
+        ] {
+            let Some(t) = self.file.tensor(&n(s)) else {
+                continue;
+            };
+            let got = t.dims.get(2).copied().unwrap_or(1);
+            if t.dims.len() != 3 || got != ne as u64 {
+                return Err(Error::Invalid(format!(
+                    "tensor {} holds {got} experts (shape {:?}) but {arch}.expert_count is {ne}",
+                    n(s),
+                    t.dims
+                )));
+            }
+        }
+        let router_name = n("ffn_gate_inp.weight");
+        if let Some(t) = self.file.tensor(&router_name) {
+            if t.dims != [e as u64, ne as u64] {
+                return Err(Error::Invalid(format!(
+                    "router {router_name} has shape {:?}, expected [{e}, {ne}] from \
+                     {arch}.embedding_length and {arch}.expert_count",
+                    t.dims
+                )));
+            }
+        }
+        let router = self.req(&router_name, &[e, ne])?;
+        let n_ff = self.dim(&n("ffn_gate_exps.weight"), 1);
+        let shared = match self.file.tensor(&n("ffn_up_shexp.weight")) {
+            None => None,
+            Some(_) => {
+                let n_sh = self.dim(&n("ffn_up_shexp.weight"), 1);
+                Some(Box::new(SharedExpert {
+                    gate: self.req(&n("ffn_gate_shexp.weight"), &[e, n_sh])?,
+                    up: self.req(&n("ffn_up_shexp.weight"), &[e, n_sh])?,
+                    down: self.req(&n("ffn_down_shexp.weight"), &[n_sh, e])?,
+                    gate_inp: self.opt_vec(&n("ffn_gate_inp_shexp.weight"), e)?,
+                }))
+            }
+        };
+        if hp.arch.shared_expert_gated && shared.as_ref().is_none_or(|s| s.gate_inp.is_none()) {
+            return Err(Error::Invalid(format!(
+                "{arch} layer {il} lacks its gated shared expert (blk.{il}.ffn_*_shexp, \
+                 blk.{il}.ffn_gate_inp_shexp)"
+            )));
+        }
+        Ok(Ffn::Moe {
+            router,
+            gate: self.req(&n("ffn_gate_exps.weight"), &[e, n_ff, ne])?,
+            up: self.req(&n("ffn_up_exps.weight"), &[e, n_ff, ne])?,
+            down: self.req(&n("ffn_down_exps.weight"), &[n_ff, e, ne])?,
+            n_ff,
+            shared,
+        })
+    }
 }
 
 impl<'a> Weights<'a> {
@@ -95,20 +188,8 @@ impl<'a> Weights<'a> {
         let mut layers = Vec::with_capacity(hp.n_layer);
         for il in 0..hp.n_layer {
             let n = |s: &str| format!("blk.{il}.{s}");
-            let ffn = if hp.arch.moe {
-                let ne = hp.n_expert;
-                let gate_info = file.tensor(&n("ffn_gate_exps.weight")).ok_or_else(|| {
-                    Error::Invalid(format!("tensor {} is missing", n("ffn_gate_exps.weight")))
-                })?;
-                let n_ff = gate_info.dims.get(1).copied().unwrap_or(0) as usize;
-                let router = l.req(&n("ffn_gate_inp.weight"), &[e, ne])?;
-                Ffn::Moe {
-                    router,
-                    gate: l.req(&n("ffn_gate_exps.weight"), &[e, n_ff, ne])?,
-                    up: l.req(&n("ffn_up_exps.weight"), &[e, n_ff, ne])?,
-                    down: l.req(&n("ffn_down_exps.weight"), &[n_ff, e, ne])?,
-                    n_ff,
-                }
+            let ffn = if hp.is_moe() {
+                l.experts(hp, il)?
             } else {
                 let up = file.tensor(&n("ffn_up.weight"));
                 let n_ff = up.and_then(|t| t.dims.get(1)).copied().unwrap_or(0) as usize;
@@ -124,11 +205,12 @@ impl<'a> Weights<'a> {
                 wk: l.req(&n("attn_k.weight"), &[e, kv_dim])?,
                 wv: l.req(&n("attn_v.weight"), &[e, kv_dim])?,
                 wo: l.req(&n("attn_output.weight"), &[q_dim, e])?,
+                bo: l.opt_vec(&n("attn_output.bias"), e)?,
                 bq: l.opt_vec(&n("attn_q.bias"), q_dim)?,
                 bk: l.opt_vec(&n("attn_k.bias"), kv_dim)?,
                 bv: l.opt_vec(&n("attn_v.bias"), kv_dim)?,
-                q_norm: l.opt_vec(&n("attn_q_norm.weight"), hd)?,
-                k_norm: l.opt_vec(&n("attn_k_norm.weight"), hd)?,
+                q_norm: l.opt_vec_either(&n("attn_q_norm.weight"), hd, q_dim)?,
+                k_norm: l.opt_vec_either(&n("attn_k_norm.weight"), hd, kv_dim)?,
                 post_attn_norm: l.opt_vec(&n("post_attention_norm.weight"), e)?,
                 ffn_norm: l.vec(&n("ffn_norm.weight"), e)?,
                 ffn,

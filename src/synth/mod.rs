@@ -1,0 +1,311 @@
+//! Random-weight GGUF models of each architecture, with the metadata llama.cpp expects: the test
+//! models that let every architecture be checked against llama.cpp when no trained file of it
+//! can be had, and the large MoE files of the speed benchmarks. Nothing in the engine uses it.
+//!
+//! A model is a [`SynthSpec`] (sizes plus the architecture's features); [`tensors`] turns it into
+//! llama.cpp's tensor names and shapes, each with how to draw its values, and [`write`] draws them
+//! from a seeded generator (so a spec and a seed give the same file every time), encodes them and
+//! writes the file with the tokenizer metadata of an existing model. Weights are scaled so that
+//! activations stay near unit size through the layers and the logits are far from flat.
+
+pub mod presets;
+
+use crate::error::{Error, Result};
+use crate::gguf::writer::GgufWriter;
+use crate::gguf::{GgufHeader, Value};
+use crate::tensor::GgmlType;
+use std::path::Path;
+
+/// Q/K RMS norm: none, per head (Qwen3), or over the whole projection (OLMoE).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QkNorm {
+    None,
+    PerHead,
+    Full,
+}
+
+/// The shared expert beside the routed ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shared {
+    None,
+    /// Scaled by `sigmoid(ffn_gate_inp_shexp · x)` (Qwen2-MoE).
+    Gated(usize),
+    /// Added as is (Granite MoE shared).
+    Plain(usize),
+}
+
+/// Granite's multipliers, written as `{arch}.embedding_scale` etc.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GraniteScales {
+    pub embedding: f32,
+    pub residual: f32,
+    pub attention: f32,
+    pub logit: f32,
+}
+
+#[derive(Debug, Clone)]
+pub struct SynthSpec {
+    /// `general.architecture`.
+    pub arch: &'static str,
+    pub n_layer: usize,
+    pub n_embd: usize,
+    pub n_head: usize,
+    pub n_head_kv: usize,
+    pub head_dim: usize,
+    pub n_expert: usize,
+    pub n_expert_used: usize,
+    /// Width of one expert.
+    pub n_ff_exp: usize,
+    /// Write the expert width as `expert_feed_forward_length` (Qwen) rather than only as
+    /// `feed_forward_length` (Mixtral, OLMoE, Granite read it from there).
+    pub expert_ff_key: bool,
+    pub shared: Shared,
+    pub qkv_bias: bool,
+    pub qk_norm: QkNorm,
+    pub granite: Option<GraniteScales>,
+    pub rope_base: f32,
+    pub n_ctx_train: usize,
+    /// Type of the 2-D and 3-D weight matrices (norms, biases and routers stay F32).
+    pub weight_type: GgmlType,
+    pub seed: u64,
+}
+
+/// How a tensor's values are drawn.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Init {
+    /// Uniform with this standard deviation.
+    Uniform(f32),
+    /// Uniform in `1 ± 0.2`: RMS-norm weights.
+    Norm,
+}
+
+#[derive(Debug, Clone)]
+pub struct SynthTensor {
+    pub name: String,
+    /// ggml order: `dims[0]` is the row length.
+    pub dims: Vec<u64>,
+    pub ty: GgmlType,
+    pub init: Init,
+}
+
+/// The tensors of `spec`, in llama.cpp's names and shapes.
+pub fn tensors(spec: &SynthSpec, n_vocab: usize) -> Vec<SynthTensor> {
+    let (e, v) = (spec.n_embd as u64, n_vocab as u64);
+    let q_dim = (spec.n_head * spec.head_dim) as u64;
+    let kv_dim = (spec.n_head_kv * spec.head_dim) as u64;
+    let (ne, nff) = (spec.n_expert as u64, spec.n_ff_exp as u64);
+    let wt = spec.weight_type;
+    let mut out = Vec::new();
+    let mut add = |name: String, dims: &[u64], ty: GgmlType, init: Init| {
+        out.push(SynthTensor {
+            name,
+            dims: dims.to_vec(),
+            ty,
+            init,
+        })
+    };
+    // Linear layers: variance-preserving, std 1/sqrt(fan_in).
+    let lin = |fan_in: u64| Init::Uniform(1.0 / (fan_in as f32).sqrt());
+    let f32 = GgmlType::F32;
+    add("token_embd.weight".into(), &[e, v], wt, Init::Uniform(1.0));
+    add("output_norm.weight".into(), &[e], f32, Init::Norm);
+    // Logits with a standard deviation of about 4 (times Granite's divisor): peaked, not flat.
+    let logit = spec.granite.map_or(1.0, |g| g.logit);
+    add(
+        "output.weight".into(),
+        &[e, v],
+        wt,
+        Init::Uniform(4.0 * logit / (e as f32).sqrt()),
+    );
+    for il in 0..spec.n_layer {
+        let n = |s: &str| format!("blk.{il}.{s}");
+        add(n("attn_norm.weight"), &[e], f32, Init::Norm);
+        add(n("attn_q.weight"), &[e, q_dim], wt, lin(e));
+        add(n("attn_k.weight"), &[e, kv_dim], wt, lin(e));
+        add(n("attn_v.weight"), &[e, kv_dim], wt, lin(e));
+        add(n("attn_output.weight"), &[q_dim, e], wt, lin(q_dim));
+        if spec.qkv_bias {
+            add(n("attn_q.bias"), &[q_dim], f32, Init::Uniform(0.2));
+            add(n("attn_k.bias"), &[kv_dim], f32, Init::Uniform(0.2));
+            add(n("attn_v.bias"), &[kv_dim], f32, Init::Uniform(0.2));
+        }
+        let (qn, kn) = match spec.qk_norm {
+            QkNorm::None => (0, 0),
+            QkNorm::PerHead => (spec.head_dim as u64, spec.head_dim as u64),
+            QkNorm::Full => (q_dim, kv_dim),
+        };
+        if qn > 0 {
+            add(n("attn_q_norm.weight"), &[qn], f32, Init::Norm);
+            add(n("attn_k_norm.weight"), &[kn], f32, Init::Norm);
+        }
+        add(n("ffn_norm.weight"), &[e], f32, Init::Norm);
+        // A router with spread logits, so that the choice of experts is clear-cut.
+        add(
+            n("ffn_gate_inp.weight"),
+            &[e, ne],
+            f32,
+            Init::Uniform(2.0 / (e as f32).sqrt()),
+        );
+        add(n("ffn_gate_exps.weight"), &[e, nff, ne], wt, lin(e));
+        add(n("ffn_up_exps.weight"), &[e, nff, ne], wt, lin(e));
+        add(n("ffn_down_exps.weight"), &[nff, e, ne], wt, lin(nff));
+        if let Shared::Gated(w) | Shared::Plain(w) = spec.shared {
+            let w = w as u64;
+            if matches!(spec.shared, Shared::Gated(_)) {
+                add(n("ffn_gate_inp_shexp.weight"), &[e], f32, lin(e));
+            }
+            add(n("ffn_gate_shexp.weight"), &[e, w], wt, lin(e));
+            add(n("ffn_up_shexp.weight"), &[e, w], wt, lin(e));
+            add(n("ffn_down_shexp.weight"), &[w, e], wt, lin(w));
+        }
+    }
+    out
+}
+
+/// The metadata of `spec` (without the tokenizer's).
+pub fn metadata(spec: &SynthSpec) -> Vec<(String, Value)> {
+    let a = spec.arch;
+    let u = |v: usize| Value::U32(v as u32);
+    let mut m = vec![
+        ("general.architecture".into(), Value::String(a.into())),
+        (
+            "general.name".into(),
+            Value::String(format!("dsrun synthetic {a}")),
+        ),
+        (format!("{a}.block_count"), u(spec.n_layer)),
+        (format!("{a}.context_length"), u(spec.n_ctx_train)),
+        (format!("{a}.embedding_length"), u(spec.n_embd)),
+        (format!("{a}.attention.head_count"), u(spec.n_head)),
+        (format!("{a}.attention.head_count_kv"), u(spec.n_head_kv)),
+        (format!("{a}.attention.key_length"), u(spec.head_dim)),
+        (format!("{a}.attention.value_length"), u(spec.head_dim)),
+        (format!("{a}.rope.dimension_count"), u(spec.head_dim)),
+        (format!("{a}.rope.freq_base"), Value::F32(spec.rope_base)),
+        (
+            format!("{a}.attention.layer_norm_rms_epsilon"),
+            Value::F32(1e-6),
+        ),
+        (format!("{a}.expert_count"), u(spec.n_expert)),
+        (format!("{a}.expert_used_count"), u(spec.n_expert_used)),
+    ];
+    if spec.expert_ff_key {
+        m.push((format!("{a}.expert_feed_forward_length"), u(spec.n_ff_exp)));
+        m.push((
+            format!("{a}.feed_forward_length"),
+            u(spec.n_ff_exp * spec.n_expert_used),
+        ));
+    } else {
+        m.push((format!("{a}.feed_forward_length"), u(spec.n_ff_exp)));
+    }
+    if let Shared::Gated(w) | Shared::Plain(w) = spec.shared {
+        m.push((format!("{a}.expert_shared_feed_forward_length"), u(w)));
+    }
+    if let Some(g) = spec.granite {
+        m.push((format!("{a}.embedding_scale"), Value::F32(g.embedding)));
+        m.push((format!("{a}.residual_scale"), Value::F32(g.residual)));
+        m.push((format!("{a}.attention.scale"), Value::F32(g.attention)));
+        m.push((format!("{a}.logit_scale"), Value::F32(g.logit)));
+    }
+    m
+}
+
+/// Encodes `values` (rows of `n_per_row`) as a tensor type: dsrun's own encoders by default
+/// ([`encode_dsrun`]); the benchmark generator passes ggml's to write k-quants.
+pub type Encoder<'a> = &'a dyn Fn(GgmlType, &[f32], usize) -> Result<Vec<u8>>;
+
+/// dsrun's encoders (F32, F16, BF16, Q4_0 … Q8_0, bit for bit as ggml's reference quantizers).
+pub fn encode_dsrun(ty: GgmlType, values: &[f32], _n_per_row: usize) -> Result<Vec<u8>> {
+    let n = ty.row_bytes(values.len() as u64).ok_or_else(|| {
+        Error::Invalid(format!("{} values are not whole {ty} blocks", values.len()))
+    })?;
+    let mut out = vec![0u8; n as usize];
+    crate::tensor::quants::quantize(ty, values, &mut out)?;
+    Ok(out)
+}
+
+/// The tokenizer metadata (`tokenizer.*`) of `vocab`, and its vocabulary size.
+pub fn tokenizer_metadata(vocab: &GgufHeader) -> Result<(Vec<(String, Value)>, usize)> {
+    let m: Vec<(String, Value)> = vocab
+        .metadata
+        .iter()
+        .filter(|(k, _)| k.starts_with("tokenizer."))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let n_vocab = vocab
+        .get("tokenizer.ggml.tokens")
+        .and_then(|v| v.as_array())
+        .map(|a| a.len())
+        .ok_or_else(|| {
+            Error::metadata("tokenizer.ggml.tokens", "missing in the vocabulary file")
+        })?;
+    Ok((m, n_vocab))
+}
+
+/// Writes the model of `spec` to `path` with the tokenizer of `vocab` (through a temporary file,
+/// so a failure leaves nothing under `path`). Tensors are drawn and encoded one expert slice at a
+/// time, so even a file of several GB needs little memory.
+pub fn write(spec: &SynthSpec, vocab: &GgufHeader, path: &Path, encode: Encoder) -> Result<()> {
+    let (tok_meta, n_vocab) = tokenizer_metadata(vocab)?;
+    let list = tensors(spec, n_vocab);
+    let mut w = GgufWriter::new();
+    for (k, v) in metadata(spec).into_iter().chain(tok_meta) {
+        w.set(&k, v);
+    }
+    for t in &list {
+        w.add_tensor(&t.name, t.ty, &t.dims);
+    }
+    w.write_file(path, |i| {
+        let t = &list[i];
+        // Each tensor has its own stream, so a tensor's values do not depend on the others.
+        let mut rng = Rng::new(spec.seed ^ fnv1a(&t.name));
+        let row = t.dims[0] as usize;
+        // One 2-D slice at a time (an expert of a stacked tensor; the whole of a matrix).
+        let slice = row * t.dims.get(1).copied().unwrap_or(1) as usize;
+        let n_slices: u64 = t.dims.iter().skip(2).product();
+        let mut bytes = Vec::new();
+        let mut buf = vec![0f32; slice];
+        for _ in 0..n_slices {
+            for v in buf.iter_mut() {
+                *v = match t.init {
+                    Init::Uniform(std) => rng.uniform_std(std),
+                    Init::Norm => 1.0 + 0.2 * rng.symmetric(),
+                };
+            }
+            bytes.extend(encode(t.ty, &buf, row)?);
+        }
+        Ok(bytes)
+    })
+}
+
+fn fnv1a(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+/// splitmix64: small, fast, and the same on every platform.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [-1, 1).
+    fn symmetric(&mut self) -> f32 {
+        ((self.next_u64() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+
+    /// Uniform with standard deviation `std` (half-width `std * sqrt(3)`).
+    fn uniform_std(&mut self, std: f32) -> f32 {
+        self.symmetric() * std * 3f32.sqrt()
+    }
+}
