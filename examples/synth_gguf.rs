@@ -6,7 +6,7 @@
 //! cargo run --release --example synth_gguf -- ARCH OUT.gguf [--vocab MODEL.gguf] [--layers N] [--type T]
 //! ```
 //!
-//! ARCH is one of the tiny presets (qwen3moe, qwen2moe, llama, olmoe, granitemoe) or
+//! ARCH is one of the tiny presets (qwen3moe, qwen2moe, llama, olmoe, granitemoe, deepseek2) or
 //! `qwen3-30b-a3b` (hidden 2048, 128 experts of width 768, 8 active, 32/4 heads; `--layers`,
 //! default 4, about 1.5 GB in Q4_K). `--type` sets the weight matrices' type (default F32 for the
 //! tiny presets, Q4_K for the large one; the k-quants are encoded by ggml itself). The vocabulary

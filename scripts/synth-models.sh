@@ -33,7 +33,7 @@ mkdir -p "$DIR"
 cd "$ROOT"
 cargo build --release --example synth_gguf
 GEN="$ROOT/target/release/examples/synth_gguf"
-for arch in qwen3moe qwen2moe llama olmoe granitemoe; do
+for arch in qwen3moe qwen2moe llama olmoe granitemoe deepseek2; do
     "$GEN" "$arch" "$DIR/tiny-$arch-f32.gguf"
 done
 if [[ "$SMALL_ONLY" == 0 ]]; then

@@ -30,6 +30,10 @@ pub struct Routing {
     pub gating: Gating,
     /// Divide the chosen weights by their sum.
     pub norm: bool,
+    /// The file says: `{arch}.expert_gating_func` (1 softmax, 2 sigmoid; absent: as above),
+    /// `expert_weights_norm` (absent: false), `expert_weights_scale` (absent: none), as
+    /// llama.cpp reads them for DeepSeek; elsewhere those keys are ignored, as llama.cpp does.
+    pub from_metadata: bool,
 }
 
 /// Scoring of the router logits.
@@ -56,6 +60,10 @@ pub struct ArchSpec {
     /// Granite's multipliers: `{arch}.embedding_scale`, `residual_scale`, `attention.scale` (all
     /// optional) and `logit_scale` (required; logits are divided by it).
     pub granite_scales: bool,
+    /// DeepSeek's multi-head latent attention (`attn_kv_a_mqa`, `attn_k_b`, `attn_v_b`, and
+    /// `attn_q_a`/`attn_q_b` or `attn_q`), and `{arch}.leading_dense_block_count` dense layers
+    /// before the MoE ones.
+    pub mla: bool,
     /// Multiply the token embedding by sqrt(n_embd) (Gemma).
     pub embd_scale: bool,
     /// Layer `il` uses the sliding window unless `(il + 1) % n == 0` (Gemma 3: 5 local, 1 global).
@@ -74,9 +82,11 @@ const BASE: ArchSpec = ArchSpec {
     routing: Routing {
         gating: Gating::Softmax,
         norm: true,
+        from_metadata: false,
     },
     shared_expert_gated: false,
     granite_scales: false,
+    mla: false,
     embd_scale: false,
     swa_period: None,
     swa_rope_base: None,
@@ -86,6 +96,7 @@ const BASE: ArchSpec = ArchSpec {
 const SOFTMAX_RAW: Routing = Routing {
     gating: Gating::Softmax,
     norm: false,
+    from_metadata: false,
 };
 
 #[rustfmt::skip]
@@ -105,6 +116,11 @@ pub const ARCHS: &[ArchSpec] = &[
     ArchSpec {
         name: "granitemoe", rope: RopeKind::Norm, experts: Experts::IfCounted,
         granite_scales: true, ..BASE
+    },
+    // MLA, shared experts, routing (sigmoid, selection bias, groups, scale) from the file.
+    ArchSpec {
+        name: "deepseek2", rope: RopeKind::Norm, experts: Experts::Yes, mla: true,
+        routing: Routing { gating: Gating::Softmax, norm: false, from_metadata: true }, ..BASE
     },
     ArchSpec {
         name: "gemma3", ffn_act: FfnAct::Gelu, embd_scale: true,

@@ -6,8 +6,9 @@
 use super::arch::FfnAct;
 use super::hparams::HParams;
 use super::kv_cache::KvCache;
+use super::mla;
 use super::moe::moe_ffn;
-use super::weights::{Ffn, LayerWeights, Weights};
+use super::weights::{Attn, AttnWeights, Ffn, Weights};
 use crate::kernels::activation::{gelu, glu, silu};
 use crate::kernels::linear;
 use crate::kernels::norm::rms_norm_rows;
@@ -68,7 +69,10 @@ pub fn forward(
     for (il, lw) in w.layers.iter().enumerate() {
         let mut h = x.clone();
         rms_norm_rows(&mut h, &lw.attn_norm, hp.rms_eps);
-        let mut attn_out = attention(hp, lw, kv, il, &h, n, pos0);
+        let mut attn_out = match &lw.attn {
+            Attn::Mha(a) => attention(hp, a, kv, il, &h, n, pos0),
+            Attn::Mla(m) => mla::attention(hp, m, kv, il, &h, n, pos0),
+        };
         if let Some(pn) = &lw.post_attn_norm {
             rms_norm_rows(&mut attn_out, pn, hp.rms_eps);
         }
@@ -134,7 +138,7 @@ pub fn act_fn(a: FfnAct) -> fn(f32) -> f32 {
 /// softmax attention, output projection. `h` is (n, n_embd); returns (n, n_embd).
 fn attention(
     hp: &HParams,
-    lw: &LayerWeights,
+    lw: &AttnWeights,
     kv: &mut KvCache,
     il: usize,
     h: &[f32],

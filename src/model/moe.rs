@@ -27,6 +27,7 @@ pub fn moe_ffn(hp: &HParams, ffn: &Ffn, h: &[f32], n: usize) -> Vec<f32> {
         down,
         n_ff,
         shared,
+        selection_bias,
     } = ffn
     else {
         unreachable!("moe_ffn is called for MoE layers only");
@@ -37,10 +38,12 @@ pub fn moe_ffn(hp: &HParams, ffn: &Ffn, h: &[f32], n: usize) -> Vec<f32> {
 
     // Per expert: the tokens routed to it and their weights.
     let rp = RouteParams {
-        routing: hp.arch.routing,
+        routing: hp.routing.routing,
         k: hp.n_expert_used,
-        selection_bias: None,
-        scale: 1.0,
+        selection_bias: selection_bias.as_deref(),
+        scale: hp.routing.scale,
+        n_group: hp.routing.n_group,
+        n_group_used: hp.routing.n_group_used,
     };
     let mut routed: Vec<Vec<(usize, f32)>> = vec![Vec::new(); ne];
     for t in 0..n {

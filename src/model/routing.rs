@@ -2,7 +2,8 @@
 //! way llama.cpp's `build_moe_ffn` computes them for each `Routing` of the architecture table.
 //!
 //! Steps, in llama.cpp's order: score every expert (softmax, sigmoid, or the raw logits); add the
-//! selection bias, which moves the choice but not the weights (DeepSeek V3); take the top k; take
+//! selection bias, which moves the choice but not the weights (DeepSeek V3); with expert groups,
+//! keep only the groups whose two best (biased) scores sum highest; take the top k; take
 //! the chosen scores as weights (a softmax over the k for top-k-then-softmax); divide by their sum
 //! when the architecture normalises (the sum clamped below at f16's smallest normal, as ggml
 //! does); multiply by the file's weight scale.
@@ -24,6 +25,9 @@ pub struct RouteParams<'a> {
     pub selection_bias: Option<&'a [f32]>,
     /// Multiplies the final weights (`{arch}.expert_weights_scale`; 1 for none).
     pub scale: f32,
+    /// Expert groups and how many of them a token may use (0 or 1 group: no limit).
+    pub n_group: usize,
+    pub n_group_used: usize,
 }
 
 pub fn sigmoid(x: f32) -> f32 {
@@ -38,13 +42,14 @@ pub fn route(p: &RouteParams, logits: &[f32]) -> Vec<(usize, f32)> {
         Gating::Sigmoid => scores.iter_mut().for_each(|v| *v = sigmoid(*v)),
         Gating::TopKThenSoftmax => {}
     }
-    let chosen = match p.selection_bias {
-        Some(b) => {
-            let biased: Vec<f32> = scores.iter().zip(b).map(|(s, b)| s + b).collect();
-            top_k(&biased, p.k)
-        }
-        None => top_k(&scores, p.k),
+    let mut select: Vec<f32> = match p.selection_bias {
+        Some(b) => scores.iter().zip(b).map(|(s, b)| s + b).collect(),
+        None => scores.clone(),
     };
+    if p.n_group > 1 {
+        mask_groups(&mut select, p.n_group, p.n_group_used);
+    }
+    let chosen = top_k(&select, p.k);
     let mut w: Vec<f32> = chosen.iter().map(|&x| scores[x]).collect();
     if p.routing.gating == Gating::TopKThenSoftmax {
         softmax(&mut w);
@@ -59,16 +64,38 @@ pub fn route(p: &RouteParams, logits: &[f32]) -> Vec<(usize, f32)> {
     chosen.into_iter().zip(w).collect()
 }
 
+/// Group-limited routing: `select` is `n_group` consecutive groups; all but the `n_used` groups
+/// with the highest sum of their two best scores are set to -inf.
+fn mask_groups(select: &mut [f32], n_group: usize, n_used: usize) {
+    let size = select.len() / n_group;
+    let group_score: Vec<f32> = select
+        .chunks_exact(size)
+        .map(|g| top_k(g, 2).iter().map(|&i| g[i]).sum())
+        .collect();
+    let keep = top_k(&group_score, n_used);
+    for (gi, g) in select.chunks_exact_mut(size).enumerate() {
+        if !keep.contains(&gi) {
+            g.fill(f32::NEG_INFINITY);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn params(gating: Gating, norm: bool) -> RouteParams<'static> {
         RouteParams {
-            routing: Routing { gating, norm },
+            routing: Routing {
+                gating,
+                norm,
+                from_metadata: false,
+            },
             k: 2,
             selection_bias: None,
             scale: 1.0,
+            n_group: 0,
+            n_group_used: 0,
         }
     }
 
@@ -126,5 +153,19 @@ mod tests {
         let r = route(&p, &[-30.0, -40.0]);
         assert_eq!(r[0].0, 0);
         assert!((r[0].1 - sigmoid(-30.0) / MIN_WEIGHT_SUM).abs() < 1e-9);
+    }
+
+    #[test]
+    fn groups_limit_the_choice() {
+        // Groups {0,1} (best two sum 0.9 + 0.0), {2,3} (0.5 + 0.5): the second wins although
+        // expert 0 is the best single expert.
+        let logits = [0.9, 0.0, 0.5, 0.5];
+        let p = RouteParams {
+            n_group: 2,
+            n_group_used: 1,
+            ..params(Gating::TopKThenSoftmax, false)
+        };
+        let r = route(&p, &logits);
+        assert_eq!(r.iter().map(|x| x.0).collect::<Vec<_>>(), [2, 3]);
     }
 }

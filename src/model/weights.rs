@@ -2,6 +2,7 @@
 //! hyperparameters imply, borrowed from the memory map.
 
 use super::hparams::HParams;
+use super::mla::MlaWeights;
 use crate::error::{Error, Result};
 use crate::gguf::GgufFile;
 use crate::tensor::TensorView;
@@ -21,6 +22,9 @@ pub enum Ffn<'a> {
         n_ff: usize,
         /// The shared expert every token goes through (`ffn_*_shexp`), if the model has one.
         shared: Option<Box<SharedExpert<'a>>>,
+        /// (n_expert): added to the scores to choose experts, not to weight them
+        /// (`exp_probs_b`, DeepSeek V3).
+        selection_bias: Option<Vec<f32>>,
     },
 }
 
@@ -34,8 +38,22 @@ pub struct SharedExpert<'a> {
     pub gate_inp: Option<Vec<f32>>,
 }
 
+/// A layer's attention: the usual Q/K/V projections, or DeepSeek's latent attention.
+pub enum Attn<'a> {
+    Mha(AttnWeights<'a>),
+    Mla(MlaWeights<'a>),
+}
+
 pub struct LayerWeights<'a> {
     pub attn_norm: Vec<f32>,
+    pub attn: Attn<'a>,
+    pub post_attn_norm: Option<Vec<f32>>,
+    pub ffn_norm: Vec<f32>,
+    pub ffn: Ffn<'a>,
+    pub post_ffn_norm: Option<Vec<f32>>,
+}
+
+pub struct AttnWeights<'a> {
     pub wq: TensorView<'a>,
     pub wk: TensorView<'a>,
     pub wv: TensorView<'a>,
@@ -46,10 +64,6 @@ pub struct LayerWeights<'a> {
     pub bv: Option<Vec<f32>>,
     pub q_norm: Option<Vec<f32>>,
     pub k_norm: Option<Vec<f32>>,
-    pub post_attn_norm: Option<Vec<f32>>,
-    pub ffn_norm: Vec<f32>,
-    pub ffn: Ffn<'a>,
-    pub post_ffn_norm: Option<Vec<f32>>,
 }
 
 pub struct Weights<'a> {
@@ -60,12 +74,12 @@ pub struct Weights<'a> {
     pub layers: Vec<LayerWeights<'a>>,
 }
 
-struct Loader<'a> {
-    file: &'a GgufFile,
+pub(super) struct Loader<'a> {
+    pub file: &'a GgufFile,
 }
 
 impl<'a> Loader<'a> {
-    fn opt(&self, name: &str, dims: &[usize]) -> Result<Option<TensorView<'a>>> {
+    pub(super) fn opt(&self, name: &str, dims: &[usize]) -> Result<Option<TensorView<'a>>> {
         let Some(info) = self.file.tensor(name) else {
             return Ok(None);
         };
@@ -78,7 +92,7 @@ impl<'a> Loader<'a> {
         TensorView::new(self.file, info).map(Some)
     }
 
-    fn req(&self, name: &str, dims: &[usize]) -> Result<TensorView<'a>> {
+    pub(super) fn req(&self, name: &str, dims: &[usize]) -> Result<TensorView<'a>> {
         self.opt(name, dims)?.ok_or_else(|| {
             Error::Invalid(format!(
                 "tensor {name} is missing from {}",
@@ -87,11 +101,11 @@ impl<'a> Loader<'a> {
         })
     }
 
-    fn vec(&self, name: &str, n: usize) -> Result<Vec<f32>> {
+    pub(super) fn vec(&self, name: &str, n: usize) -> Result<Vec<f32>> {
         Ok(self.req(name, &[n])?.to_f32())
     }
 
-    fn opt_vec(&self, name: &str, n: usize) -> Result<Option<Vec<f32>>> {
+    pub(super) fn opt_vec(&self, name: &str, n: usize) -> Result<Option<Vec<f32>>> {
         Ok(self.opt(name, &[n])?.map(|t| t.to_f32()))
     }
 
@@ -172,6 +186,7 @@ impl<'a> Loader<'a> {
             down: self.req(&n("ffn_down_exps.weight"), &[n_ff, e, ne])?,
             n_ff,
             shared,
+            selection_bias: self.opt_vec(&n("exp_probs_b.bias"), ne)?,
         })
     }
 }
@@ -188,7 +203,7 @@ impl<'a> Weights<'a> {
         let mut layers = Vec::with_capacity(hp.n_layer);
         for il in 0..hp.n_layer {
             let n = |s: &str| format!("blk.{il}.{s}");
-            let ffn = if hp.is_moe() {
+            let ffn = if hp.is_moe() && il >= hp.routing.n_layer_dense_lead {
                 l.experts(hp, il)?
             } else {
                 let up = file.tensor(&n("ffn_up.weight"));
@@ -199,18 +214,24 @@ impl<'a> Weights<'a> {
                     down: l.req(&n("ffn_down.weight"), &[n_ff, e])?,
                 }
             };
+            let attn = match &hp.mla {
+                Some(mla) => Attn::Mla(MlaWeights::load(&l, hp, mla, il)?),
+                None => Attn::Mha(AttnWeights {
+                    wq: l.req(&n("attn_q.weight"), &[e, q_dim])?,
+                    wk: l.req(&n("attn_k.weight"), &[e, kv_dim])?,
+                    wv: l.req(&n("attn_v.weight"), &[e, kv_dim])?,
+                    wo: l.req(&n("attn_output.weight"), &[q_dim, e])?,
+                    bo: l.opt_vec(&n("attn_output.bias"), e)?,
+                    bq: l.opt_vec(&n("attn_q.bias"), q_dim)?,
+                    bk: l.opt_vec(&n("attn_k.bias"), kv_dim)?,
+                    bv: l.opt_vec(&n("attn_v.bias"), kv_dim)?,
+                    q_norm: l.opt_vec_either(&n("attn_q_norm.weight"), hd, q_dim)?,
+                    k_norm: l.opt_vec_either(&n("attn_k_norm.weight"), hd, kv_dim)?,
+                }),
+            };
             layers.push(LayerWeights {
                 attn_norm: l.vec(&n("attn_norm.weight"), e)?,
-                wq: l.req(&n("attn_q.weight"), &[e, q_dim])?,
-                wk: l.req(&n("attn_k.weight"), &[e, kv_dim])?,
-                wv: l.req(&n("attn_v.weight"), &[e, kv_dim])?,
-                wo: l.req(&n("attn_output.weight"), &[q_dim, e])?,
-                bo: l.opt_vec(&n("attn_output.bias"), e)?,
-                bq: l.opt_vec(&n("attn_q.bias"), q_dim)?,
-                bk: l.opt_vec(&n("attn_k.bias"), kv_dim)?,
-                bv: l.opt_vec(&n("attn_v.bias"), kv_dim)?,
-                q_norm: l.opt_vec_either(&n("attn_q_norm.weight"), hd, q_dim)?,
-                k_norm: l.opt_vec_either(&n("attn_k_norm.weight"), hd, kv_dim)?,
+                attn,
                 post_attn_norm: l.opt_vec(&n("post_attention_norm.weight"), e)?,
                 ffn_norm: l.vec(&n("ffn_norm.weight"), e)?,
                 ffn,

@@ -43,6 +43,34 @@ pub struct GraniteScales {
     pub logit: f32,
 }
 
+/// DeepSeek's latent attention sizes (`head_dim` of the spec is unused with it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SynthMla {
+    pub q_lora_rank: usize,
+    pub kv_lora_rank: usize,
+    /// Non-rotary and rotary parts of a query/key head; value head size.
+    pub nope: usize,
+    pub rope: usize,
+    pub v: usize,
+}
+
+/// DeepSeek's routing keys and its dense leading layers.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SynthDeepseek {
+    pub mla: SynthMla,
+    pub n_dense_lead: usize,
+    /// Width of the dense layers' FFN.
+    pub n_ff_dense: usize,
+    /// Shared experts, each of the routed experts' width.
+    pub n_shared: usize,
+    /// `expert_gating_func`: 1 softmax, 2 sigmoid.
+    pub gating_func: u32,
+    pub weights_norm: bool,
+    pub weights_scale: f32,
+    pub n_group: usize,
+    pub n_group_used: usize,
+}
+
 #[derive(Debug, Clone)]
 pub struct SynthSpec {
     /// `general.architecture`.
@@ -63,6 +91,7 @@ pub struct SynthSpec {
     pub qkv_bias: bool,
     pub qk_norm: QkNorm,
     pub granite: Option<GraniteScales>,
+    pub deepseek: Option<SynthDeepseek>,
     pub rope_base: f32,
     pub n_ctx_train: usize,
     /// Type of the 2-D and 3-D weight matrices (norms, biases and routers stay F32).
@@ -91,9 +120,7 @@ pub struct SynthTensor {
 /// The tensors of `spec`, in llama.cpp's names and shapes.
 pub fn tensors(spec: &SynthSpec, n_vocab: usize) -> Vec<SynthTensor> {
     let (e, v) = (spec.n_embd as u64, n_vocab as u64);
-    let q_dim = (spec.n_head * spec.head_dim) as u64;
-    let kv_dim = (spec.n_head_kv * spec.head_dim) as u64;
-    let (ne, nff) = (spec.n_expert as u64, spec.n_ff_exp as u64);
+    let ne = spec.n_expert as u64;
     let wt = spec.weight_type;
     let mut out = Vec::new();
     let mut add = |name: String, dims: &[u64], ty: GgmlType, init: Init| {
@@ -120,46 +147,99 @@ pub fn tensors(spec: &SynthSpec, n_vocab: usize) -> Vec<SynthTensor> {
     for il in 0..spec.n_layer {
         let n = |s: &str| format!("blk.{il}.{s}");
         add(n("attn_norm.weight"), &[e], f32, Init::Norm);
-        add(n("attn_q.weight"), &[e, q_dim], wt, lin(e));
-        add(n("attn_k.weight"), &[e, kv_dim], wt, lin(e));
-        add(n("attn_v.weight"), &[e, kv_dim], wt, lin(e));
-        add(n("attn_output.weight"), &[q_dim, e], wt, lin(q_dim));
-        if spec.qkv_bias {
-            add(n("attn_q.bias"), &[q_dim], f32, Init::Uniform(0.2));
-            add(n("attn_k.bias"), &[kv_dim], f32, Init::Uniform(0.2));
-            add(n("attn_v.bias"), &[kv_dim], f32, Init::Uniform(0.2));
-        }
-        let (qn, kn) = match spec.qk_norm {
-            QkNorm::None => (0, 0),
-            QkNorm::PerHead => (spec.head_dim as u64, spec.head_dim as u64),
-            QkNorm::Full => (q_dim, kv_dim),
-        };
-        if qn > 0 {
-            add(n("attn_q_norm.weight"), &[qn], f32, Init::Norm);
-            add(n("attn_k_norm.weight"), &[kn], f32, Init::Norm);
-        }
-        add(n("ffn_norm.weight"), &[e], f32, Init::Norm);
-        // A router with spread logits, so that the choice of experts is clear-cut.
-        add(
-            n("ffn_gate_inp.weight"),
-            &[e, ne],
-            f32,
-            Init::Uniform(2.0 / (e as f32).sqrt()),
-        );
-        add(n("ffn_gate_exps.weight"), &[e, nff, ne], wt, lin(e));
-        add(n("ffn_up_exps.weight"), &[e, nff, ne], wt, lin(e));
-        add(n("ffn_down_exps.weight"), &[nff, e, ne], wt, lin(nff));
-        if let Shared::Gated(w) | Shared::Plain(w) = spec.shared {
-            let w = w as u64;
-            if matches!(spec.shared, Shared::Gated(_)) {
-                add(n("ffn_gate_inp_shexp.weight"), &[e], f32, lin(e));
+        if let Some(ds) = &spec.deepseek {
+            let m = ds.mla;
+            let (ql, kl, nh) = (
+                m.q_lora_rank as u64,
+                m.kv_lora_rank as u64,
+                spec.n_head as u64,
+            );
+            let (nope, rope, vd) = (m.nope as u64, m.rope as u64, m.v as u64);
+            add(n("attn_q_a_norm.weight"), &[ql], f32, Init::Norm);
+            add(n("attn_kv_a_norm.weight"), &[kl], f32, Init::Norm);
+            add(n("attn_q_a.weight"), &[e, ql], wt, lin(e));
+            add(n("attn_q_b.weight"), &[ql, nh * (nope + rope)], wt, lin(ql));
+            add(n("attn_kv_a_mqa.weight"), &[e, kl + rope], wt, lin(e));
+            add(n("attn_k_b.weight"), &[nope, kl, nh], wt, lin(nope));
+            add(n("attn_v_b.weight"), &[kl, vd, nh], wt, lin(kl));
+            add(n("attn_output.weight"), &[nh * vd, e], wt, lin(nh * vd));
+            add(n("ffn_norm.weight"), &[e], f32, Init::Norm);
+            if il < ds.n_dense_lead {
+                let f = ds.n_ff_dense as u64;
+                add(n("ffn_gate.weight"), &[e, f], wt, lin(e));
+                add(n("ffn_up.weight"), &[e, f], wt, lin(e));
+                add(n("ffn_down.weight"), &[f, e], wt, lin(f));
+                continue;
             }
-            add(n("ffn_gate_shexp.weight"), &[e, w], wt, lin(e));
-            add(n("ffn_up_shexp.weight"), &[e, w], wt, lin(e));
-            add(n("ffn_down_shexp.weight"), &[w, e], wt, lin(w));
+            add(n("exp_probs_b.bias"), &[ne], f32, Init::Uniform(0.1));
+        } else {
+            attention_tensors(&mut add, il, spec);
         }
+        moe_tensors(&mut add, il, spec);
     }
     out
+}
+
+/// The usual Q/K/V attention of layer `il` (with Q/K bias and norms where the spec has them),
+/// and the FFN norm.
+fn attention_tensors(
+    add: &mut impl FnMut(String, &[u64], GgmlType, Init),
+    il: usize,
+    spec: &SynthSpec,
+) {
+    let n = |s: &str| format!("blk.{il}.{s}");
+    let e = spec.n_embd as u64;
+    let q_dim = (spec.n_head * spec.head_dim) as u64;
+    let kv_dim = (spec.n_head_kv * spec.head_dim) as u64;
+    let (wt, f32) = (spec.weight_type, GgmlType::F32);
+    let lin = |fan_in: u64| Init::Uniform(1.0 / (fan_in as f32).sqrt());
+    add(n("attn_q.weight"), &[e, q_dim], wt, lin(e));
+    add(n("attn_k.weight"), &[e, kv_dim], wt, lin(e));
+    add(n("attn_v.weight"), &[e, kv_dim], wt, lin(e));
+    add(n("attn_output.weight"), &[q_dim, e], wt, lin(q_dim));
+    if spec.qkv_bias {
+        add(n("attn_q.bias"), &[q_dim], f32, Init::Uniform(0.2));
+        add(n("attn_k.bias"), &[kv_dim], f32, Init::Uniform(0.2));
+        add(n("attn_v.bias"), &[kv_dim], f32, Init::Uniform(0.2));
+    }
+    let (qn, kn) = match spec.qk_norm {
+        QkNorm::None => (0, 0),
+        QkNorm::PerHead => (spec.head_dim as u64, spec.head_dim as u64),
+        QkNorm::Full => (q_dim, kv_dim),
+    };
+    if qn > 0 {
+        add(n("attn_q_norm.weight"), &[qn], f32, Init::Norm);
+        add(n("attn_k_norm.weight"), &[kn], f32, Init::Norm);
+    }
+    add(n("ffn_norm.weight"), &[e], f32, Init::Norm);
+}
+
+/// The router, the stacked experts and the shared expert of layer `il`.
+fn moe_tensors(add: &mut impl FnMut(String, &[u64], GgmlType, Init), il: usize, spec: &SynthSpec) {
+    let n = |s: &str| format!("blk.{il}.{s}");
+    let e = spec.n_embd as u64;
+    let (ne, nff) = (spec.n_expert as u64, spec.n_ff_exp as u64);
+    let (wt, f32) = (spec.weight_type, GgmlType::F32);
+    let lin = |fan_in: u64| Init::Uniform(1.0 / (fan_in as f32).sqrt());
+    // A router with spread logits, so that the choice of experts is clear-cut.
+    add(
+        n("ffn_gate_inp.weight"),
+        &[e, ne],
+        f32,
+        Init::Uniform(2.0 / (e as f32).sqrt()),
+    );
+    add(n("ffn_gate_exps.weight"), &[e, nff, ne], wt, lin(e));
+    add(n("ffn_up_exps.weight"), &[e, nff, ne], wt, lin(e));
+    add(n("ffn_down_exps.weight"), &[nff, e, ne], wt, lin(nff));
+    if let Shared::Gated(w) | Shared::Plain(w) = spec.shared {
+        let w = w as u64;
+        if matches!(spec.shared, Shared::Gated(_)) {
+            add(n("ffn_gate_inp_shexp.weight"), &[e], f32, lin(e));
+        }
+        add(n("ffn_gate_shexp.weight"), &[e, w], wt, lin(e));
+        add(n("ffn_up_shexp.weight"), &[e, w], wt, lin(e));
+        add(n("ffn_down_shexp.weight"), &[w, e], wt, lin(w));
+    }
 }
 
 /// The metadata of `spec` (without the tokenizer's).
@@ -200,6 +280,9 @@ pub fn metadata(spec: &SynthSpec) -> Vec<(String, Value)> {
     if let Shared::Gated(w) | Shared::Plain(w) = spec.shared {
         m.push((format!("{a}.expert_shared_feed_forward_length"), u(w)));
     }
+    if let Some(ds) = spec.deepseek {
+        deepseek_metadata(&mut m, a, &ds);
+    }
     if let Some(g) = spec.granite {
         m.push((format!("{a}.embedding_scale"), Value::F32(g.embedding)));
         m.push((format!("{a}.residual_scale"), Value::F32(g.residual)));
@@ -207,6 +290,37 @@ pub fn metadata(spec: &SynthSpec) -> Vec<(String, Value)> {
         m.push((format!("{a}.logit_scale"), Value::F32(g.logit)));
     }
     m
+}
+
+/// DeepSeek's keys: the MLA layout llama.cpp's converter writes (one latent K/V head of
+/// `kv_lora_rank + rope`), the dense leading layers, shared experts and the routing keys. They
+/// replace the plain attention sizes written before them.
+fn deepseek_metadata(m: &mut Vec<(String, Value)>, a: &str, ds: &SynthDeepseek) {
+    let u = |v: usize| Value::U32(v as u32);
+    let mla = ds.mla;
+    let mut set = |k: &str, v: Value| {
+        let key = format!("{a}.{k}");
+        match m.iter_mut().find(|(name, _)| *name == key) {
+            Some(slot) => slot.1 = v,
+            None => m.push((key, v)),
+        }
+    };
+    set("attention.head_count_kv", u(1));
+    set("attention.key_length", u(mla.kv_lora_rank + mla.rope));
+    set("attention.value_length", u(mla.kv_lora_rank));
+    set("attention.key_length_mla", u(mla.nope + mla.rope));
+    set("attention.value_length_mla", u(mla.v));
+    set("rope.dimension_count", u(mla.rope));
+    set("attention.q_lora_rank", u(mla.q_lora_rank));
+    set("attention.kv_lora_rank", u(mla.kv_lora_rank));
+    set("leading_dense_block_count", u(ds.n_dense_lead));
+    set("feed_forward_length", u(ds.n_ff_dense));
+    set("expert_shared_count", u(ds.n_shared));
+    set("expert_gating_func", u(ds.gating_func as usize));
+    set("expert_weights_norm", Value::Bool(ds.weights_norm));
+    set("expert_weights_scale", Value::F32(ds.weights_scale));
+    set("expert_group_count", u(ds.n_group));
+    set("expert_group_used_count", u(ds.n_group_used));
 }
 
 /// Encodes `values` (rows of `n_per_row`) as a tensor type: dsrun's own encoders by default

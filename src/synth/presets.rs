@@ -2,11 +2,18 @@
 //! MB with the 8192-token vocabulary, evaluated in milliseconds), and a Qwen3-30B-A3B-shaped
 //! `qwen3moe` for speed measurements.
 
-use super::{GraniteScales, QkNorm, Shared, SynthSpec};
+use super::{GraniteScales, QkNorm, Shared, SynthDeepseek, SynthMla, SynthSpec};
 use crate::tensor::GgmlType;
 
 /// The architectures [`tiny`] has a preset for, in the order they were added.
-pub const TINY_ARCHS: &[&str] = &["qwen3moe", "qwen2moe", "llama", "olmoe", "granitemoe"];
+pub const TINY_ARCHS: &[&str] = &[
+    "qwen3moe",
+    "qwen2moe",
+    "llama",
+    "olmoe",
+    "granitemoe",
+    "deepseek2",
+];
 
 const TINY: SynthSpec = SynthSpec {
     arch: "",
@@ -23,6 +30,7 @@ const TINY: SynthSpec = SynthSpec {
     qkv_bias: false,
     qk_norm: QkNorm::None,
     granite: None,
+    deepseek: None,
     rope_base: 10_000.0,
     n_ctx_train: 4096,
     weight_type: GgmlType::F32,
@@ -71,6 +79,32 @@ pub fn tiny(arch: &str) -> Option<SynthSpec> {
             }),
             ..TINY
         },
+        // DeepSeek V3's routing (sigmoid, selection bias, groups, normalised, scaled), MLA with
+        // a low-rank query, one dense leading layer, one shared expert.
+        "deepseek2" => SynthSpec {
+            arch: "deepseek2",
+            n_layer: 3,
+            expert_ff_key: true,
+            shared: Shared::Plain(32),
+            deepseek: Some(SynthDeepseek {
+                mla: SynthMla {
+                    q_lora_rank: 48,
+                    kv_lora_rank: 32,
+                    nope: 16,
+                    rope: 8,
+                    v: 16,
+                },
+                n_dense_lead: 1,
+                n_ff_dense: 96,
+                n_shared: 1,
+                gating_func: 2,
+                weights_norm: true,
+                weights_scale: 2.5,
+                n_group: 4,
+                n_group_used: 2,
+            }),
+            ..TINY
+        },
         _ => return None,
     };
     Some(s)
@@ -95,6 +129,7 @@ pub fn qwen3_30b_a3b(n_layer: usize, weight_type: GgmlType) -> SynthSpec {
         qkv_bias: false,
         qk_norm: QkNorm::PerHead,
         granite: None,
+        deepseek: None,
         rope_base: 1_000_000.0,
         n_ctx_train: 40960,
         weight_type,
