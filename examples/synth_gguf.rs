@@ -3,13 +3,16 @@
 //! Qwen3-30B-A3B-shaped `qwen3moe` for speed benchmarks (`scripts/synth-models.sh`).
 //!
 //! ```text
-//! cargo run --release --example synth_gguf -- ARCH OUT.gguf [--vocab MODEL.gguf] [--layers N] [--type T]
+//! cargo run --release --example synth_gguf -- ARCH OUT.gguf [--vocab MODEL.gguf] [--layers N]
+//!     [--type T] [--expert-type T]
 //! ```
 //!
-//! ARCH is one of the tiny presets (qwen3moe, qwen2moe, llama, olmoe, granitemoe, deepseek2) or
+//! ARCH is one of the tiny presets (qwen3moe, qwen2moe, llama, olmoe, granitemoe, deepseek2,
+//! gpt-oss) or
 //! `qwen3-30b-a3b` (hidden 2048, 128 experts of width 768, 8 active, 32/4 heads; `--layers`,
 //! default 4, about 1.5 GB in Q4_K). `--type` sets the weight matrices' type (default F32 for the
-//! tiny presets, Q4_K for the large one; the k-quants are encoded by ggml itself). The vocabulary
+//! tiny presets, Q4_K for the large one; the k-quants are encoded by ggml itself), and
+//! `--expert-type` that of the stacked experts only (e.g. MXFP4 for gpt-oss). The vocabulary
 //! comes from `models/tiny-qwen3moe/tiny-qwen3moe-f16.gguf` unless `--vocab` names another file.
 
 use dsrun::gguf::GgufFile;
@@ -35,7 +38,9 @@ fn parse_type(s: &str) -> Result<GgmlType> {
 fn run(args: &[String]) -> Result<()> {
     let usage = || {
         Error::Invalid(
-            "usage: synth_gguf ARCH OUT.gguf [--vocab MODEL.gguf] [--layers N] [--type T]".into(),
+            "usage: synth_gguf ARCH OUT.gguf [--vocab MODEL.gguf] [--layers N] [--type T] \
+             [--expert-type T]"
+                .into(),
         )
     };
     let (arch, out) = match args {
@@ -44,7 +49,7 @@ fn run(args: &[String]) -> Result<()> {
     };
     let mut vocab = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("models/tiny-qwen3moe/tiny-qwen3moe-f16.gguf");
-    let (mut layers, mut ty) = (4usize, None);
+    let (mut layers, mut ty, mut expert_ty) = (4usize, None, None);
     let mut rest = args[2..].iter();
     while let Some(flag) = rest.next() {
         let value = rest.next().ok_or_else(usage)?;
@@ -52,6 +57,7 @@ fn run(args: &[String]) -> Result<()> {
             "--vocab" => vocab = PathBuf::from(value),
             "--layers" => layers = value.parse().ok().filter(|&n| n > 0).ok_or_else(usage)?,
             "--type" => ty = Some(parse_type(value)?),
+            "--expert-type" => expert_ty = Some(parse_type(value)?),
             _ => return Err(usage()),
         }
     }
@@ -67,6 +73,7 @@ fn run(args: &[String]) -> Result<()> {
     if let Some(t) = ty {
         spec.weight_type = t;
     }
+    spec.expert_type = expert_ty.or(spec.expert_type);
     let vocab = GgufFile::open(&vocab)?;
     synth::write(&spec, &vocab, &out, &encode_ggml)?;
     eprintln!("wrote {} ({arch}, {})", out.display(), spec.weight_type);

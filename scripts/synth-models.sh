@@ -33,9 +33,10 @@ mkdir -p "$DIR"
 cd "$ROOT"
 cargo build --release --example synth_gguf
 GEN="$ROOT/target/release/examples/synth_gguf"
-for arch in qwen3moe qwen2moe llama olmoe granitemoe deepseek2; do
+for arch in qwen3moe qwen2moe llama olmoe granitemoe deepseek2 gpt-oss; do
     "$GEN" "$arch" "$DIR/tiny-$arch-f32.gguf"
 done
+"$GEN" gpt-oss "$DIR/tiny-gpt-oss-mxfp4.gguf" --expert-type MXFP4
 if [[ "$SMALL_ONLY" == 0 ]]; then
     "$GEN" qwen3-30b-a3b "$DIR/qwen3moe-30b-a3b-shape-${LAYERS}l-q4_k.gguf" --layers "$LAYERS"
 fi

@@ -64,6 +64,12 @@ pub struct ArchSpec {
     /// `attn_q_a`/`attn_q_b` or `attn_q`), and `{arch}.leading_dense_block_count` dense layers
     /// before the MoE ones.
     pub mla: bool,
+    /// gpt-oss: attention sinks (`attn_sinks`, one logit per head that joins each softmax),
+    /// biases on the router and the experts, and its clamped SwiGLU in the experts:
+    /// `x * sigmoid(1.702 x) * (clamp(up, ±7) + 1)` with `x = min(gate, 7)`.
+    pub oai: bool,
+    /// Name of the norm before the FFN (gpt-oss calls it `post_attention_norm`).
+    pub ffn_norm_tensor: &'static str,
     /// Multiply the token embedding by sqrt(n_embd) (Gemma).
     pub embd_scale: bool,
     /// Layer `il` uses the sliding window unless `(il + 1) % n == 0` (Gemma 3: 5 local, 1 global).
@@ -87,6 +93,8 @@ const BASE: ArchSpec = ArchSpec {
     shared_expert_gated: false,
     granite_scales: false,
     mla: false,
+    oai: false,
+    ffn_norm_tensor: "ffn_norm",
     embd_scale: false,
     swa_period: None,
     swa_rope_base: None,
@@ -121,6 +129,14 @@ pub const ARCHS: &[ArchSpec] = &[
     ArchSpec {
         name: "deepseek2", rope: RopeKind::Norm, experts: Experts::Yes, mla: true,
         routing: Routing { gating: Gating::Softmax, norm: false, from_metadata: true }, ..BASE
+    },
+    // Every other layer (even ones) in a sliding window; top-k of the router logits, then a
+    // softmax over the k.
+    ArchSpec {
+        name: "gpt-oss", experts: Experts::Yes, oai: true, swa_period: Some(2),
+        ffn_norm_tensor: "post_attention_norm",
+        routing: Routing { gating: Gating::TopKThenSoftmax, norm: false, from_metadata: false },
+        ..BASE
     },
     ArchSpec {
         name: "gemma3", ffn_act: FfnAct::Gelu, embd_scale: true,

@@ -204,7 +204,12 @@ fn attention(
                     dot_seq(qv, &kc[j * kv_dim + kvh * hd..j * kv_dim + (kvh + 1) * hd]) * scale
                 })
                 .collect();
+            // gpt-oss: a per-head sink logit joins the softmax but carries no value.
+            if let Some(sinks) = &lw.sinks {
+                s.push(sinks[head]);
+            }
             softmax(&mut s);
+            s.truncate(pos + 1 - lo);
             o.fill(0.0);
             for (p, j) in s.iter().zip(lo..=pos) {
                 let vv = &vc[j * kv_dim + kvh * hd..j * kv_dim + (kvh + 1) * hd];

@@ -136,6 +136,18 @@ impl HParams {
             _ => (0, 0),
         };
         let routing = routing_params(h, arch, n_expert)?;
+        // DeepSeek and gpt-oss files usually ask for YaRN, which dsrun does not do yet: refuse
+        // rather than run them with the wrong positions.
+        if arch.mla || arch.oai {
+            if let Some(t) = h.get_str(&k("rope.scaling.type"))? {
+                if t != "none" && t != "linear" {
+                    return Err(Error::metadata(
+                        k("rope.scaling.type"),
+                        format!("{t:?} RoPE scaling is not supported yet for {name}"),
+                    ));
+                }
+            }
+        }
         let scales = if arch.granite_scales {
             granite_scales(h, name)?
         } else {
@@ -207,14 +219,6 @@ impl HParams {
                  kv_lora_rank {}, rope dims {}, key_length_mla {}",
                 self.head_dim, self.n_head_kv, mla.kv_lora_rank, self.n_rot, mla.head_dim_k
             )));
-        }
-        if let Some(t) = h.get_str(&k("rope.scaling.type"))? {
-            if t != "none" && t != "linear" {
-                return Err(Error::metadata(
-                    k("rope.scaling.type"),
-                    format!("{t:?} RoPE scaling is not supported yet for {name}"),
-                ));
-            }
         }
         self.mla = Some(mla);
         Ok(self)

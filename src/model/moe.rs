@@ -6,7 +6,7 @@ use super::forward::act_fn;
 use super::hparams::HParams;
 use super::routing::{route, sigmoid, RouteParams};
 use super::weights::{Ffn, SharedExpert};
-use crate::kernels::activation::glu;
+use crate::kernels::activation::{glu, swiglu_oai};
 use crate::kernels::linear;
 use crate::kernels::matmul::dot;
 
@@ -28,6 +28,7 @@ pub fn moe_ffn(hp: &HParams, ffn: &Ffn, h: &[f32], n: usize) -> Vec<f32> {
         n_ff,
         shared,
         selection_bias,
+        biases,
     } = ffn
     else {
         unreachable!("moe_ffn is called for MoE layers only");
@@ -35,6 +36,11 @@ pub fn moe_ffn(hp: &HParams, ffn: &Ffn, h: &[f32], n: usize) -> Vec<f32> {
     let (e, n_ff, ne) = (hp.n_embd, *n_ff, hp.n_expert);
     let mut logits = vec![0.0f32; n * ne];
     linear(router, h, n, &mut logits);
+    if let Some(b) = biases {
+        for row in logits.chunks_exact_mut(ne) {
+            row.iter_mut().zip(&b.router).for_each(|(v, b)| *v += b);
+        }
+    }
 
     // Per expert: the tokens routed to it and their weights.
     let rp = RouteParams {
@@ -66,9 +72,20 @@ pub fn moe_ffn(hp: &HParams, ffn: &Ffn, h: &[f32], n: usize) -> Vec<f32> {
         let mut u = vec![0.0f32; m * n_ff];
         linear(&gate.rows(x * n_ff, n_ff), &hx, m, &mut g);
         linear(&up.rows(x * n_ff, n_ff), &hx, m, &mut u);
-        glu(&mut g, &u, act_fn(hp.arch.ffn_act));
+        if let Some(b) = biases {
+            add_rows(&mut g, &b.gate[x * n_ff..(x + 1) * n_ff]);
+            add_rows(&mut u, &b.up[x * n_ff..(x + 1) * n_ff]);
+        }
+        if hp.arch.oai {
+            swiglu_oai(&mut g, &u);
+        } else {
+            glu(&mut g, &u, act_fn(hp.arch.ffn_act));
+        }
         let mut d = vec![0.0f32; m * e];
         linear(&down.rows(x * e, e), &g, m, &mut d);
+        if let Some(b) = biases {
+            add_rows(&mut d, &b.down[x * e..(x + 1) * e]);
+        }
         for (i, &(t, wt)) in toks.iter().enumerate() {
             for (o, &v) in out[t * e..(t + 1) * e]
                 .iter_mut()
@@ -82,6 +99,13 @@ pub fn moe_ffn(hp: &HParams, ffn: &Ffn, h: &[f32], n: usize) -> Vec<f32> {
         shared_expert(hp, sh, h, n, &mut out);
     }
     out
+}
+
+/// Adds `b` to every row of `x`.
+fn add_rows(x: &mut [f32], b: &[f32]) {
+    for row in x.chunks_exact_mut(b.len()) {
+        row.iter_mut().zip(b).for_each(|(v, b)| *v += b);
+    }
 }
 
 /// Adds the shared expert's output (gated by `sigmoid(gate_inp · x)` where it has a gate) to

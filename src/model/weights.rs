@@ -25,7 +25,18 @@ pub enum Ffn<'a> {
         /// (n_expert): added to the scores to choose experts, not to weight them
         /// (`exp_probs_b`, DeepSeek V3).
         selection_bias: Option<Vec<f32>>,
+        /// gpt-oss's biases of the router and of every expert's projections.
+        biases: Option<Box<ExpertBiases>>,
     },
+}
+
+/// Biases of the router (n_expert) and, per expert, of its gate and up (n_ff each) and down
+/// (n_embd) projections, stored expert after expert.
+pub struct ExpertBiases {
+    pub router: Vec<f32>,
+    pub gate: Vec<f32>,
+    pub up: Vec<f32>,
+    pub down: Vec<f32>,
 }
 
 /// A dense SwiGLU beside the routed experts; with `gate_inp` (Qwen2-MoE) its output is scaled
@@ -64,6 +75,8 @@ pub struct AttnWeights<'a> {
     pub bv: Option<Vec<f32>>,
     pub q_norm: Option<Vec<f32>>,
     pub k_norm: Option<Vec<f32>>,
+    /// (n_head): gpt-oss's attention sinks, one extra logit per head in the softmax.
+    pub sinks: Option<Vec<f32>>,
 }
 
 pub struct Weights<'a> {
@@ -187,6 +200,16 @@ impl<'a> Loader<'a> {
             n_ff,
             shared,
             selection_bias: self.opt_vec(&n("exp_probs_b.bias"), ne)?,
+            biases: if hp.arch.oai {
+                Some(Box::new(ExpertBiases {
+                    router: self.vec(&n("ffn_gate_inp.bias"), ne)?,
+                    gate: self.req(&n("ffn_gate_exps.bias"), &[n_ff, ne])?.to_f32(),
+                    up: self.req(&n("ffn_up_exps.bias"), &[n_ff, ne])?.to_f32(),
+                    down: self.req(&n("ffn_down_exps.bias"), &[e, ne])?.to_f32(),
+                }))
+            } else {
+                None
+            },
         })
     }
 }
@@ -227,13 +250,21 @@ impl<'a> Weights<'a> {
                     bv: l.opt_vec(&n("attn_v.bias"), kv_dim)?,
                     q_norm: l.opt_vec_either(&n("attn_q_norm.weight"), hd, q_dim)?,
                     k_norm: l.opt_vec_either(&n("attn_k_norm.weight"), hd, kv_dim)?,
+                    sinks: if hp.arch.oai {
+                        Some(l.vec(&n("attn_sinks.weight"), hp.n_head)?)
+                    } else {
+                        None
+                    },
                 }),
             };
             layers.push(LayerWeights {
                 attn_norm: l.vec(&n("attn_norm.weight"), e)?,
                 attn,
-                post_attn_norm: l.opt_vec(&n("post_attention_norm.weight"), e)?,
-                ffn_norm: l.vec(&n("ffn_norm.weight"), e)?,
+                post_attn_norm: match hp.arch.ffn_norm_tensor {
+                    "post_attention_norm" => None,
+                    _ => l.opt_vec(&n("post_attention_norm.weight"), e)?,
+                },
+                ffn_norm: l.vec(&n(&format!("{}.weight", hp.arch.ffn_norm_tensor)), e)?,
                 ffn,
                 post_ffn_norm: l.opt_vec(&n("post_ffw_norm.weight"), e)?,
             });

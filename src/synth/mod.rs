@@ -92,6 +92,11 @@ pub struct SynthSpec {
     pub qk_norm: QkNorm,
     pub granite: Option<GraniteScales>,
     pub deepseek: Option<SynthDeepseek>,
+    /// gpt-oss: attention sinks and output bias, router and expert biases, its FFN norm name,
+    /// and this sliding window on every other layer.
+    pub oai_window: Option<usize>,
+    /// Type of the stacked expert tensors (`weight_type` when `None`): gpt-oss ships MXFP4.
+    pub expert_type: Option<GgmlType>,
     pub rope_base: f32,
     pub n_ctx_train: usize,
     /// Type of the 2-D and 3-D weight matrices (norms, biases and routers stay F32).
@@ -211,7 +216,18 @@ fn attention_tensors(
         add(n("attn_q_norm.weight"), &[qn], f32, Init::Norm);
         add(n("attn_k_norm.weight"), &[kn], f32, Init::Norm);
     }
-    add(n("ffn_norm.weight"), &[e], f32, Init::Norm);
+    if spec.oai_window.is_some() {
+        add(n("attn_output.bias"), &[e], f32, Init::Uniform(0.2));
+        add(
+            n("attn_sinks.weight"),
+            &[spec.n_head as u64],
+            f32,
+            Init::Uniform(1.0),
+        );
+        add(n("post_attention_norm.weight"), &[e], f32, Init::Norm);
+    } else {
+        add(n("ffn_norm.weight"), &[e], f32, Init::Norm);
+    }
 }
 
 /// The router, the stacked experts and the shared expert of layer `il`.
@@ -228,9 +244,16 @@ fn moe_tensors(add: &mut impl FnMut(String, &[u64], GgmlType, Init), il: usize, 
         f32,
         Init::Uniform(2.0 / (e as f32).sqrt()),
     );
-    add(n("ffn_gate_exps.weight"), &[e, nff, ne], wt, lin(e));
-    add(n("ffn_up_exps.weight"), &[e, nff, ne], wt, lin(e));
-    add(n("ffn_down_exps.weight"), &[nff, e, ne], wt, lin(nff));
+    let xt = spec.expert_type.unwrap_or(wt);
+    add(n("ffn_gate_exps.weight"), &[e, nff, ne], xt, lin(e));
+    add(n("ffn_up_exps.weight"), &[e, nff, ne], xt, lin(e));
+    add(n("ffn_down_exps.weight"), &[nff, e, ne], xt, lin(nff));
+    if spec.oai_window.is_some() {
+        add(n("ffn_gate_inp.bias"), &[ne], f32, Init::Uniform(0.5));
+        add(n("ffn_gate_exps.bias"), &[nff, ne], f32, Init::Uniform(0.2));
+        add(n("ffn_up_exps.bias"), &[nff, ne], f32, Init::Uniform(0.2));
+        add(n("ffn_down_exps.bias"), &[e, ne], f32, Init::Uniform(0.2));
+    }
     if let Shared::Gated(w) | Shared::Plain(w) = spec.shared {
         let w = w as u64;
         if matches!(spec.shared, Shared::Gated(_)) {
@@ -282,6 +305,9 @@ pub fn metadata(spec: &SynthSpec) -> Vec<(String, Value)> {
     }
     if let Some(ds) = spec.deepseek {
         deepseek_metadata(&mut m, a, &ds);
+    }
+    if let Some(w) = spec.oai_window {
+        m.push((format!("{a}.attention.sliding_window"), u(w)));
     }
     if let Some(g) = spec.granite {
         m.push((format!("{a}.embedding_scale"), Value::F32(g.embedding)));

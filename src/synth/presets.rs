@@ -13,6 +13,7 @@ pub const TINY_ARCHS: &[&str] = &[
     "olmoe",
     "granitemoe",
     "deepseek2",
+    "gpt-oss",
 ];
 
 const TINY: SynthSpec = SynthSpec {
@@ -31,6 +32,8 @@ const TINY: SynthSpec = SynthSpec {
     qk_norm: QkNorm::None,
     granite: None,
     deepseek: None,
+    oai_window: None,
+    expert_type: None,
     rope_base: 10_000.0,
     n_ctx_train: 4096,
     weight_type: GgmlType::F32,
@@ -105,6 +108,15 @@ pub fn tiny(arch: &str) -> Option<SynthSpec> {
             }),
             ..TINY
         },
+        // Sinks, biases, clamped SwiGLU, a 16-token window on even layers (the test's 64 tokens
+        // cross it), experts in F32 here (`gpt-oss-mxfp4` below has them in MXFP4).
+        "gpt-oss" => SynthSpec {
+            arch: "gpt-oss",
+            expert_ff_key: true,
+            qkv_bias: true,
+            oai_window: Some(16),
+            ..TINY
+        },
         _ => return None,
     };
     Some(s)
@@ -130,6 +142,8 @@ pub fn qwen3_30b_a3b(n_layer: usize, weight_type: GgmlType) -> SynthSpec {
         qk_norm: QkNorm::PerHead,
         granite: None,
         deepseek: None,
+        oai_window: None,
+        expert_type: None,
         rope_base: 1_000_000.0,
         n_ctx_train: 40960,
         weight_type,
