@@ -160,8 +160,17 @@ fn load_error(
     edit_meta: impl Fn(&mut GgufWriter),
     edit: impl Fn(&mut Vec<synth::SynthTensor>),
 ) -> String {
+    load_error_of("qwen3moe", tag, edit_meta, edit)
+}
+
+fn load_error_of(
+    arch: &str,
+    tag: &str,
+    edit_meta: impl Fn(&mut GgufWriter),
+    edit: impl Fn(&mut Vec<synth::SynthTensor>),
+) -> String {
     let vocab = vocab();
-    let spec = presets::tiny("qwen3moe").unwrap();
+    let spec = presets::tiny(arch).unwrap();
     let (tok, n_vocab) = synth::tokenizer_metadata(&vocab).unwrap();
     let mut list = synth::tensors(&spec, n_vocab);
     edit(&mut list);
@@ -254,4 +263,38 @@ fn missing_router_is_refused() {
         |list| list.retain(|t| t.name != "blk.0.ffn_gate_inp.weight"),
     );
     assert!(e.contains("blk.0.ffn_gate_inp.weight is missing"), "{e}");
+}
+
+#[test]
+fn deepseek_with_yarn_or_another_mla_layout_is_refused() {
+    use dsrun::gguf::Value;
+    let e = load_error_of(
+        "deepseek2",
+        "yarn",
+        |w| w.set("deepseek2.rope.scaling.type", Value::String("yarn".into())),
+        |_| {},
+    );
+    assert!(
+        e.contains("\"yarn\" RoPE scaling is not supported yet"),
+        "{e}"
+    );
+    // The pre-MLA layout (one K/V head per query head) is named, not run wrongly.
+    let e = load_error_of(
+        "deepseek2",
+        "mha",
+        |w| w.set("deepseek2.attention.head_count_kv", Value::U32(4)),
+        |_| {},
+    );
+    assert!(e.contains("only the MLA layout"), "{e}");
+}
+
+#[test]
+fn gpt_oss_without_sinks_is_refused() {
+    let e = load_error_of(
+        "gpt-oss",
+        "nosinks",
+        |_| {},
+        |list| list.retain(|t| t.name != "blk.1.attn_sinks.weight"),
+    );
+    assert!(e.contains("blk.1.attn_sinks.weight is missing"), "{e}");
 }
