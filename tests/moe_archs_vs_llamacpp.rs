@@ -57,8 +57,39 @@ fn vocab() -> GgufFile {
     GgufFile::open(common::model(common::TINY_F16)).unwrap()
 }
 
+/// llama.cpp's top-1 and its margin over the runner-up.
+fn top2_gap(l: &[f32]) -> (u32, f32) {
+    let best = argmax(l);
+    let second = l
+        .iter()
+        .enumerate()
+        .filter(|&(i, _)| i as u32 != best)
+        .map(|(_, &v)| v)
+        .fold(f32::NEG_INFINITY, f32::max);
+    (best, l[best as usize] - second)
+}
+
 /// dsrun and llama.cpp on the same 64 tokens: the worst relative L2 error, or what went wrong.
+/// Every position must be within `tol` with the same top-1 token.
 fn compare(path: &Path, tol: f64) -> Result<f64, String> {
+    let c = compare_positions(path, tol, 0.0);
+    match c.bad.first() {
+        Some(msg) => Err(msg.clone()),
+        None => Ok(c.worst),
+    }
+}
+
+/// Per-position comparison.
+struct Comparison {
+    /// Worst relative L2 error over the positions within the tolerance.
+    worst: f64,
+    /// Positions out of tolerance or with another top-1, described.
+    bad: Vec<String>,
+    /// Positions whose top-1 differs where llama.cpp's own top two are within the tie margin.
+    ties: usize,
+}
+
+fn compare_positions(path: &Path, tol: f64, tie: f32) -> Comparison {
     let file = GgufFile::open(path).unwrap();
     let model = Model::load(&file).unwrap();
     let ids = model.tokenizer.encode(TEXT, true, false).unwrap();
@@ -73,23 +104,32 @@ fn compare(path: &Path, tol: f64) -> Result<f64, String> {
     let theirs = ctx.eval(&li, true).unwrap();
 
     let nv = model.hp.n_vocab;
-    let mut worst = 0.0f64;
+    let mut c = Comparison {
+        worst: 0.0,
+        bad: Vec::new(),
+        ties: 0,
+    };
     for p in 0..N_POS {
         let (o, t) = (&ours[p * nv..(p + 1) * nv], &theirs[p * nv..(p + 1) * nv]);
         let e = rel_l2(o, t);
-        worst = worst.max(e);
         if e >= tol {
-            return Err(format!("position {p}: relative L2 {e:.2e}"));
+            c.bad.push(format!("position {p}: relative L2 {e:.2e}"));
+            continue;
         }
-        if argmax(o) != argmax(t) {
-            return Err(format!(
-                "position {p}: top-1 {} but llama.cpp {}",
-                argmax(o),
-                argmax(t)
-            ));
+        c.worst = c.worst.max(e);
+        let (their_top, gap) = top2_gap(t);
+        if argmax(o) != their_top {
+            if gap < tie {
+                c.ties += 1;
+            } else {
+                c.bad.push(format!(
+                    "position {p}: top-1 {} but llama.cpp {their_top} (margin {gap})",
+                    argmax(o),
+                ));
+            }
         }
     }
-    Ok(worst)
+    c
 }
 
 #[test]
@@ -134,6 +174,43 @@ fn gpt_oss_with_mxfp4_experts_matches_llamacpp() {
     synth::write(&spec, &vocab, &tmp.0, &encode).unwrap();
     let worst = compare(&tmp.0, TOL).unwrap();
     eprintln!("gpt-oss, MXFP4 experts: worst relative L2 {worst:.2e}, top-1 equal");
+}
+
+/// Every architecture with its weight matrices in Q8_0 (dsrun's encoder, bit for bit ggml's):
+/// the quantized kernels, with activations rounded to 8 bits by both engines (at different
+/// places), so the tolerance is the one of the real-model parity tests (15%), and a top-1 may
+/// differ where llama.cpp's top two are within 0.25 (as in `tests/parity_vs_llamacpp.rs`).
+///
+/// Rounding can also flip a token's choice of experts where two are nearly tied, which changes
+/// that position's logits by a lot: the DeepSeek preset (sigmoid scores, a selection bias and
+/// groups of two experts) has one such position (53, where the second layer's best two groups
+/// are 0.01 apart), its neighbours agreeing to 1–2%. So up to 2 of the 64 positions may be out;
+/// a wrong block would put them all out. (With `DSRUN_REFERENCE=1` dsrun multiplies in f32 while
+/// llama.cpp still rounds activations to 8 bits: then deepseek2 has 4 such positions, olmoe and
+/// gpt-oss 1 each, and this test fails by design.)
+/// Measured (2026-11-29): worst relative L2 of the other positions 6e-8 (qwen3moe, llama,
+/// gpt-oss: the same integer dot products) to 0.023 (deepseek2).
+#[test]
+fn each_moe_architecture_in_q8_0_matches_llamacpp() {
+    let vocab = vocab();
+    let mut failed = Vec::new();
+    for &arch in presets::TINY_ARCHS {
+        let spec = synth::SynthSpec {
+            weight_type: GgmlType::Q8_0,
+            ..presets::tiny(arch).unwrap()
+        };
+        let tmp = TempFile::new(&format!("{arch}-q8"));
+        synth::write(&spec, &vocab, &tmp.0, &synth::encode_dsrun).unwrap();
+        let c = compare_positions(&tmp.0, 0.15, 0.25);
+        eprintln!(
+            "{arch} Q8_0: worst relative L2 {:.2e}, {} near-ties, out: {:?}",
+            c.worst, c.ties, c.bad
+        );
+        if c.bad.len() > 2 {
+            failed.push(arch);
+        }
+    }
+    assert!(failed.is_empty(), "differ from llama.cpp: {failed:?}");
 }
 
 /// The logits are not flat: a random model whose top token barely stands out would make the

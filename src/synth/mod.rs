@@ -129,6 +129,11 @@ pub fn tensors(spec: &SynthSpec, n_vocab: usize) -> Vec<SynthTensor> {
     let wt = spec.weight_type;
     let mut out = Vec::new();
     let mut add = |name: String, dims: &[u64], ty: GgmlType, init: Init| {
+        // Rows that are not whole blocks of the type stay F32, as llama-quantize does.
+        let ty = match ty.block_size() {
+            Some(b) if dims[0] % b as u64 == 0 => ty,
+            _ => GgmlType::F32,
+        };
         out.push(SynthTensor {
             name,
             dims: dims.to_vec(),
