@@ -12,6 +12,7 @@ pub mod kernels;
 pub mod model;
 pub mod perplexity;
 pub mod sampling;
+pub mod synth;
 pub mod tensor;
 pub mod tokenizer;
 

@@ -6,8 +6,9 @@
 use super::arch::FfnAct;
 use super::hparams::HParams;
 use super::kv_cache::KvCache;
+use super::mla;
 use super::moe::moe_ffn;
-use super::weights::{Ffn, LayerWeights, Weights};
+use super::weights::{Attn, AttnWeights, Ffn, Weights};
 use crate::kernels::activation::{gelu_f16_table, glu, silu};
 use crate::kernels::attention::AttnInput;
 use crate::kernels::norm::rms_norm_rows;
@@ -22,6 +23,13 @@ fn add_bias(x: &mut [f32], b: &Option<Vec<f32>>) {
                 *v += bv;
             }
         }
+    }
+}
+
+/// Granite's multipliers; 1 leaves `x` untouched, bit for bit.
+fn scale(x: &mut [f32], s: f32) {
+    if s != 1.0 {
+        x.iter_mut().for_each(|v| *v *= s);
     }
 }
 
@@ -55,14 +63,19 @@ pub fn forward(
         let s = (e as f32).sqrt();
         x.iter_mut().for_each(|v| *v *= s);
     }
+    scale(&mut x, hp.scales.embedding);
 
     for (il, lw) in w.layers.iter().enumerate() {
         let mut h = x.clone();
         rms_norm_rows(&mut h, &lw.attn_norm, hp.rms_eps);
-        let mut attn_out = attention(hp, lw, kv, il, &h, n, pos0);
+        let mut attn_out = match &lw.attn {
+            Attn::Mha(a) => attention(hp, a, kv, il, &h, n, pos0),
+            Attn::Mla(m) => mla::attention(hp, m, kv, il, &h, n, pos0),
+        };
         if let Some(pn) = &lw.post_attn_norm {
             rms_norm_rows(&mut attn_out, pn, hp.rms_eps);
         }
+        scale(&mut attn_out, hp.scales.residual);
         add(&mut x, &attn_out);
 
         let mut h = x.clone();
@@ -84,6 +97,7 @@ pub fn forward(
         if let Some(pn) = &lw.post_ffn_norm {
             rms_norm_rows(&mut ffn_out, pn, hp.rms_eps);
         }
+        scale(&mut ffn_out, hp.scales.residual);
         add(&mut x, &ffn_out);
     }
     kv.n_past = pos0 + n;
@@ -94,6 +108,7 @@ pub fn forward(
     rms_norm_rows(&mut xo, &w.output_norm, hp.rms_eps);
     let mut logits = vec![0.0f32; n_out * hp.n_vocab];
     linear(&w.output, &xo, n_out, &mut logits);
+    scale(&mut logits, 1.0 / hp.scales.logit);
     logits
 }
 
@@ -108,7 +123,7 @@ pub fn act_fn(a: FfnAct) -> fn(f32) -> f32 {
 /// softmax attention, output projection. `h` is (n, n_embd); returns (n, n_embd).
 fn attention(
     hp: &HParams,
-    lw: &LayerWeights,
+    lw: &AttnWeights,
     kv: &mut KvCache,
     il: usize,
     h: &[f32],
@@ -166,10 +181,12 @@ fn attention(
         head_dim: hd,
         pos0,
         window: if swa { hp.sliding_window } else { None },
-        scale: 1.0 / (hd as f32).sqrt(),
+        scale: hp.scales.attention.unwrap_or(1.0 / (hd as f32).sqrt()),
+        sinks: lw.sinks.as_deref(),
     };
     kernels::attention::attention(&inp, &mut out);
     let mut res = vec![0.0f32; n * hp.n_embd];
     linear(&lw.wo, &out, n, &mut res);
+    add_bias(&mut res, &lw.bo);
     res
 }

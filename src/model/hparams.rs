@@ -1,6 +1,6 @@
 //! Hyperparameters read from GGUF metadata under llama.cpp's key names.
 
-use super::arch::{self, ArchSpec};
+use super::arch::{self, ArchSpec, Experts, Gating, Routing};
 use crate::error::{Error, Result};
 use crate::gguf::GgufHeader;
 
@@ -21,7 +21,70 @@ pub struct HParams {
     pub sliding_window: Option<usize>,
     pub n_expert: usize,
     pub n_expert_used: usize,
+    /// Granite's multipliers (all 1 and `None` elsewhere).
+    pub scales: Scales,
+    /// How tokens are routed to experts (MoE models).
+    pub routing: RoutingParams,
+    /// DeepSeek's multi-head latent attention.
+    pub mla: Option<Mla>,
 }
+
+/// The architecture's routing, resolved against the file's keys where it reads them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RoutingParams {
+    pub routing: Routing,
+    /// Multiplies the final weights (`{arch}.expert_weights_scale`; 1 for none).
+    pub scale: f32,
+    /// Group-limited routing (`{arch}.expert_group_count`, `expert_group_used_count`): experts
+    /// come only from the `n_group_used` groups with the best sum of their top two scores.
+    pub n_group: usize,
+    pub n_group_used: usize,
+    /// The first layers have a dense FFN (`{arch}.leading_dense_block_count`).
+    pub n_layer_dense_lead: usize,
+}
+
+/// Multi-head latent attention sizes. The file stores the absorbed form llama.cpp writes: one
+/// K/V "head" of `kv_lora_rank + n_rot` (its `key_length`), whose first `kv_lora_rank` values
+/// are also V (its `value_length`), and per-head `attn_k_b`/`attn_v_b` that map queries into
+/// and outputs out of that latent space.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mla {
+    /// 0 when the query is one projection (`attn_q`) rather than `attn_q_a` → norm → `attn_q_b`.
+    pub q_lora_rank: usize,
+    pub kv_lora_rank: usize,
+    /// Query/key head size before absorption (`key_length_mla`): `n_rot` of it rotates.
+    pub head_dim_k: usize,
+    /// Value head size after `attn_v_b` (`value_length_mla`).
+    pub head_dim_v: usize,
+}
+
+/// Multipliers some architectures apply (Granite): llama.cpp treats a missing or zero key as
+/// "none".
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Scales {
+    /// Token embeddings are multiplied by it.
+    pub embedding: f32,
+    /// Attention and FFN outputs are multiplied by it before the residual add.
+    pub residual: f32,
+    /// The attention score scale instead of `1/sqrt(head_dim)`.
+    pub attention: Option<f32>,
+    /// Logits are divided by it.
+    pub logit: f32,
+}
+
+impl Default for Scales {
+    fn default() -> Self {
+        Scales {
+            embedding: 1.0,
+            residual: 1.0,
+            attention: None,
+            logit: 1.0,
+        }
+    }
+}
+
+/// Most experts a file may declare (llama.cpp's `LLAMA_MAX_EXPERTS`).
+pub const MAX_EXPERTS: usize = 1024;
 
 fn required(h: &GgufHeader, key: &str) -> Result<usize> {
     let v = h
@@ -66,24 +129,35 @@ impl HParams {
             .and_then(|v| v.as_array())
             .map(|a| a.len())
             .ok_or_else(|| Error::metadata("tokenizer.ggml.tokens", "missing"))?;
-        let (n_expert, n_expert_used) = if arch.moe {
-            let n = required(h, &k("expert_count"))?;
-            let used = required(h, &k("expert_used_count"))?;
-            if used > n {
-                return Err(Error::metadata(
-                    k("expert_used_count"),
-                    format!("{used} is more than the {n} experts"),
-                ));
+        let counted = h.get_u64(&k("expert_count"))?.is_some_and(|n| n > 0);
+        let (n_expert, n_expert_used) = match arch.experts {
+            Experts::Yes => expert_counts(h, name)?,
+            Experts::IfCounted if counted => expert_counts(h, name)?,
+            _ => (0, 0),
+        };
+        let routing = routing_params(h, arch, n_expert)?;
+        // DeepSeek and gpt-oss files usually ask for YaRN, which dsrun does not do yet: refuse
+        // rather than run them with the wrong positions.
+        if arch.mla || arch.oai {
+            if let Some(t) = h.get_str(&k("rope.scaling.type"))? {
+                if t != "none" && t != "linear" {
+                    return Err(Error::metadata(
+                        k("rope.scaling.type"),
+                        format!("{t:?} RoPE scaling is not supported yet for {name}"),
+                    ));
+                }
             }
-            (n, used)
+        }
+        let scales = if arch.granite_scales {
+            granite_scales(h, name)?
         } else {
-            (0, 0)
+            Scales::default()
         };
         let rope_scale = match h.get_str(&k("rope.scaling.type"))? {
             Some("linear") => 1.0 / h.get_f64(&k("rope.scaling.factor"))?.unwrap_or(1.0) as f32,
             _ => 1.0,
         };
-        Ok(HParams {
+        HParams {
             arch,
             n_layer: required(h, &k("block_count"))?,
             n_embd,
@@ -106,7 +180,53 @@ impl HParams {
                 .map(|v| v as usize),
             n_expert,
             n_expert_used,
-        })
+            scales,
+            routing,
+            mla: None,
+        }
+        .with_mla(h)
+    }
+
+    fn with_mla(mut self, h: &GgufHeader) -> Result<HParams> {
+        if !self.arch.mla {
+            return Ok(self);
+        }
+        let name = self.arch.name;
+        let k = |s: &str| format!("{name}.{s}");
+        let opt = |s: &str| -> Result<usize> {
+            Ok(h.get_u64(&k(s))?.map_or(0, |v| v.min(1 << 20) as usize))
+        };
+        let mla = Mla {
+            q_lora_rank: opt("attention.q_lora_rank")?,
+            kv_lora_rank: required(h, &k("attention.kv_lora_rank"))?,
+            head_dim_k: opt("attention.key_length_mla")?,
+            head_dim_v: opt("attention.value_length_mla")?,
+        };
+        // Only the layout llama.cpp's converter writes now: one latent K/V head.
+        let v_len = h.get_u64(&k("attention.value_length"))?.unwrap_or(0) as usize;
+        if mla.head_dim_k == 0
+            || mla.head_dim_v == 0
+            || self.n_head_kv != 1
+            || self.head_dim != mla.kv_lora_rank + self.n_rot
+            || v_len != mla.kv_lora_rank
+            || mla.head_dim_k <= self.n_rot
+        {
+            return Err(Error::Invalid(format!(
+                "{name}: only the MLA layout of llama.cpp's current converter is supported \
+                 (key_length_mla and value_length_mla set, head_count_kv 1, key_length = \
+                 kv_lora_rank + rope dims, value_length = kv_lora_rank, key_length_mla > rope \
+                 dims); this file has key_length {}, value_length {v_len}, head_count_kv {}, \
+                 kv_lora_rank {}, rope dims {}, key_length_mla {}",
+                self.head_dim, self.n_head_kv, mla.kv_lora_rank, self.n_rot, mla.head_dim_k
+            )));
+        }
+        self.mla = Some(mla);
+        Ok(self)
+    }
+
+    /// Whether the layers' feed-forward is routed experts.
+    pub fn is_moe(&self) -> bool {
+        self.n_expert > 0
     }
 
     /// Whether layer `il` attends only within the sliding window.
@@ -116,4 +236,118 @@ impl HParams {
             _ => false,
         }
     }
+}
+
+/// `{arch}.expert_count` and `expert_used_count`, both required and consistent.
+fn expert_counts(h: &GgufHeader, arch: &str) -> Result<(usize, usize)> {
+    let (kn, ku) = (
+        format!("{arch}.expert_count"),
+        format!("{arch}.expert_used_count"),
+    );
+    let n = required(h, &kn)?;
+    if n > MAX_EXPERTS {
+        return Err(Error::metadata(
+            kn,
+            format!("{n} experts, more than the {MAX_EXPERTS} supported"),
+        ));
+    }
+    let used = required(h, &ku)?;
+    if used > n {
+        return Err(Error::metadata(
+            ku,
+            format!("{used} is more than the {n} experts"),
+        ));
+    }
+    Ok((n, used))
+}
+
+/// Granite's multipliers; each must be finite, and the logit scale non-zero.
+fn granite_scales(h: &GgufHeader, arch: &str) -> Result<Scales> {
+    let get = |s: &str| -> Result<Option<f32>> {
+        let key = format!("{arch}.{s}");
+        match h.get_f64(&key)? {
+            Some(v) if !v.is_finite() => Err(Error::metadata(key, format!("{v} is not finite"))),
+            Some(v) => Ok(Some(v as f32).filter(|&v| v != 0.0)),
+            None => Ok(None),
+        }
+    };
+    let logit = get("logit_scale")?.ok_or_else(|| {
+        Error::metadata(
+            format!("{arch}.logit_scale"),
+            "missing or zero, and the model cannot run without it",
+        )
+    })?;
+    Ok(Scales {
+        embedding: get("embedding_scale")?.unwrap_or(1.0),
+        residual: get("residual_scale")?.unwrap_or(1.0),
+        attention: get("attention.scale")?,
+        logit,
+    })
+}
+
+fn routing_params(h: &GgufHeader, arch: &ArchSpec, n_expert: usize) -> Result<RoutingParams> {
+    let name = arch.name;
+    let k = |s: &str| format!("{name}.{s}");
+    let mut p = RoutingParams {
+        routing: arch.routing,
+        scale: 1.0,
+        n_group: h.get_u64(&k("expert_group_count"))?.unwrap_or(0) as usize,
+        n_group_used: h.get_u64(&k("expert_group_used_count"))?.unwrap_or(0) as usize,
+        n_layer_dense_lead: 0,
+    };
+    if p.n_group > 1 {
+        if n_expert == 0 || !n_expert.is_multiple_of(p.n_group) || n_expert / p.n_group < 2 {
+            return Err(Error::metadata(
+                k("expert_group_count"),
+                format!(
+                    "{} groups do not split the {n_expert} experts into groups of 2 or more",
+                    p.n_group
+                ),
+            ));
+        }
+        if p.n_group_used == 0 || p.n_group_used > p.n_group {
+            return Err(Error::metadata(
+                k("expert_group_used_count"),
+                format!("{} is not between 1 and {}", p.n_group_used, p.n_group),
+            ));
+        }
+    }
+    if arch.routing.from_metadata {
+        p.routing.gating = match h.get_u64(&k("expert_gating_func"))? {
+            None | Some(0) | Some(1) => Gating::Softmax,
+            Some(2) => Gating::Sigmoid,
+            Some(v) => {
+                return Err(Error::metadata(
+                    k("expert_gating_func"),
+                    format!("gating function {v} is not supported (1 softmax, 2 sigmoid)"),
+                ))
+            }
+        };
+        p.routing.norm = match h.get(&k("expert_weights_norm")) {
+            None => false,
+            Some(v) => v.as_bool().ok_or_else(|| {
+                Error::metadata(
+                    k("expert_weights_norm"),
+                    format!("expected a bool, found {v}"),
+                )
+            })?,
+        };
+        match h.get_f64(&k("expert_weights_scale"))? {
+            Some(v) if !v.is_finite() => {
+                return Err(Error::metadata(
+                    k("expert_weights_scale"),
+                    format!("{v} is not finite"),
+                ))
+            }
+            Some(v) if v != 0.0 => p.scale = v as f32,
+            _ => {}
+        }
+    }
+    if arch.mla {
+        p.n_layer_dense_lead = h
+            .get_u64(&k("leading_dense_block_count"))?
+            .unwrap_or(0)
+            .min(1 << 20) as usize;
+    }
+    Ok(p)
 }

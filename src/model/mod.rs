@@ -5,7 +5,9 @@ pub mod forward;
 pub mod hparams;
 pub mod info;
 pub mod kv_cache;
+pub mod mla;
 pub mod moe;
+pub mod routing;
 pub mod weights;
 
 pub use hparams::HParams;

@@ -4,10 +4,11 @@
 
 use super::forward::act_fn;
 use super::hparams::HParams;
-use super::weights::Ffn;
-use crate::kernels::activation::glu;
+use super::routing::{route, sigmoid, RouteParams};
+use super::weights::{Ffn, SharedExpert};
+use crate::kernels::activation::{glu, swiglu_oai};
 use crate::kernels::linear;
-use crate::kernels::softmax::softmax;
+use crate::kernels::matmul::dot;
 
 /// Top-k by probability, highest first; ties go to the lower expert id.
 pub fn top_k(probs: &[f32], k: usize) -> Vec<usize> {
@@ -25,6 +26,9 @@ pub fn moe_ffn(hp: &HParams, ffn: &Ffn, h: &[f32], n: usize) -> Vec<f32> {
         up,
         down,
         n_ff,
+        shared,
+        selection_bias,
+        biases,
     } = ffn
     else {
         unreachable!("moe_ffn is called for MoE layers only");
@@ -32,16 +36,25 @@ pub fn moe_ffn(hp: &HParams, ffn: &Ffn, h: &[f32], n: usize) -> Vec<f32> {
     let (e, n_ff, ne) = (hp.n_embd, *n_ff, hp.n_expert);
     let mut logits = vec![0.0f32; n * ne];
     linear(router, h, n, &mut logits);
+    if let Some(b) = biases {
+        for row in logits.chunks_exact_mut(ne) {
+            row.iter_mut().zip(&b.router).for_each(|(v, b)| *v += b);
+        }
+    }
 
     // Per expert: the tokens routed to it and their weights.
+    let rp = RouteParams {
+        routing: hp.routing.routing,
+        k: hp.n_expert_used,
+        selection_bias: selection_bias.as_deref(),
+        scale: hp.routing.scale,
+        n_group: hp.routing.n_group,
+        n_group_used: hp.routing.n_group_used,
+    };
     let mut routed: Vec<Vec<(usize, f32)>> = vec![Vec::new(); ne];
     for t in 0..n {
-        let probs = &mut logits[t * ne..(t + 1) * ne];
-        softmax(probs);
-        let sel = top_k(probs, hp.n_expert_used);
-        let sum: f32 = sel.iter().map(|&x| probs[x]).sum();
-        for &x in &sel {
-            routed[x].push((t, probs[x] / sum));
+        for (x, wt) in route(&rp, &logits[t * ne..(t + 1) * ne]) {
+            routed[x].push((t, wt));
         }
     }
 
@@ -59,9 +72,20 @@ pub fn moe_ffn(hp: &HParams, ffn: &Ffn, h: &[f32], n: usize) -> Vec<f32> {
         let mut u = vec![0.0f32; m * n_ff];
         linear(&gate.rows(x * n_ff, n_ff), &hx, m, &mut g);
         linear(&up.rows(x * n_ff, n_ff), &hx, m, &mut u);
-        glu(&mut g, &u, act_fn(hp.arch.ffn_act));
+        if let Some(b) = biases {
+            add_rows(&mut g, &b.gate[x * n_ff..(x + 1) * n_ff]);
+            add_rows(&mut u, &b.up[x * n_ff..(x + 1) * n_ff]);
+        }
+        if hp.arch.oai {
+            swiglu_oai(&mut g, &u);
+        } else {
+            glu(&mut g, &u, act_fn(hp.arch.ffn_act));
+        }
         let mut d = vec![0.0f32; m * e];
         linear(&down.rows(x * e, e), &g, m, &mut d);
+        if let Some(b) = biases {
+            add_rows(&mut d, &b.down[x * e..(x + 1) * e]);
+        }
         for (i, &(t, wt)) in toks.iter().enumerate() {
             for (o, &v) in out[t * e..(t + 1) * e]
                 .iter_mut()
@@ -71,5 +95,38 @@ pub fn moe_ffn(hp: &HParams, ffn: &Ffn, h: &[f32], n: usize) -> Vec<f32> {
             }
         }
     }
+    if let Some(sh) = shared {
+        shared_expert(hp, sh, h, n, &mut out);
+    }
     out
+}
+
+/// Adds `b` to every row of `x`.
+fn add_rows(x: &mut [f32], b: &[f32]) {
+    for row in x.chunks_exact_mut(b.len()) {
+        row.iter_mut().zip(b).for_each(|(v, b)| *v += b);
+    }
+}
+
+/// Adds the shared expert's output (gated by `sigmoid(gate_inp · x)` where it has a gate) to
+/// `out` (n, n_embd).
+fn shared_expert(hp: &HParams, sh: &SharedExpert, h: &[f32], n: usize, out: &mut [f32]) {
+    let (e, n_ff) = (hp.n_embd, sh.up.n_rows);
+    let mut g = vec![0.0f32; n * n_ff];
+    let mut u = vec![0.0f32; n * n_ff];
+    linear(&sh.gate, h, n, &mut g);
+    linear(&sh.up, h, n, &mut u);
+    glu(&mut g, &u, act_fn(hp.arch.ffn_act));
+    let mut d = vec![0.0f32; n * e];
+    linear(&sh.down, &g, n, &mut d);
+    for t in 0..n {
+        let x = &h[t * e..(t + 1) * e];
+        let gate = sh.gate_inp.as_ref().map_or(1.0, |w| sigmoid(dot(w, x)));
+        for (o, &v) in out[t * e..(t + 1) * e]
+            .iter_mut()
+            .zip(&d[t * e..(t + 1) * e])
+        {
+            *o += gate * v;
+        }
+    }
 }

@@ -50,6 +50,9 @@ pub struct AttnInput<'a> {
     pub window: Option<usize>,
     /// Multiplies every score (usually 1 / sqrt(head_dim)).
     pub scale: f32,
+    /// Attention sinks (gpt-oss): per query head, a logit that joins each softmax but carries
+    /// no value, so a head can attend to "nothing".
+    pub sinks: Option<&'a [f32]>,
 }
 
 impl AttnInput<'_> {
@@ -69,6 +72,9 @@ impl AttnInput<'_> {
         );
         assert_eq!(self.q.len(), n * self.n_head * hd, "attention: q shape");
         assert_eq!(out.len(), self.q.len(), "attention: out shape");
+        if let Some(s) = self.sinks {
+            assert_eq!(s.len(), self.n_head, "attention: one sink per head");
+        }
         let seen = (self.pos0 + n) * kv_dim;
         assert!(
             self.k.len() >= seen && self.v.len() >= seen,
@@ -126,7 +132,13 @@ pub fn attention_at(level: SimdLevel, inp: &AttnInput<'_>, out: &mut [f32]) {
         s.clear();
         s.resize(pos + 1 - lo, 0.0);
         (kern.scores)(q, &inp.k[off..], kv_dim, inp.scale, s);
-        softmax(s);
+        if let Some(sinks) = inp.sinks {
+            s.push(sinks[head]);
+            softmax(s);
+            s.pop();
+        } else {
+            softmax(s);
+        }
         (kern.values)(s, &inp.v[off..], kv_dim, o);
     };
     // Small batches (decoding at short context) on the calling thread: rayon's wake-up costs

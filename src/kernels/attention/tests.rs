@@ -104,6 +104,43 @@ fn input<'a>(c: &Case, q: &'a [f32], k: &'a [f32], v: &'a [f32]) -> AttnInput<'a
         pos0: c.pos0,
         window: c.window,
         scale: 1.0 / (c.head_dim as f32).sqrt(),
+        sinks: None,
+    }
+}
+
+#[test]
+fn sinks_take_probability_mass_but_add_no_value() {
+    let mut rng = Rng(11);
+    for c in CASES {
+        let (q, k, v) = inputs(c, &mut rng, 1.0);
+        let inp = input(c, &q, &k, &v);
+        let mut plain = vec![0.0; q.len()];
+        attention(&inp, &mut plain);
+        // A sink at -inf (in effect) changes nothing, bit for bit.
+        let off = vec![-1e30f32; c.n_head];
+        let mut got = vec![0.0; q.len()];
+        attention(
+            &AttnInput {
+                sinks: Some(&off),
+                ..inp
+            },
+            &mut got,
+        );
+        assert_eq!(got, plain);
+        // A dominant sink takes nearly all the mass: the output nearly vanishes.
+        let on = vec![60.0f32; c.n_head];
+        attention(
+            &AttnInput {
+                sinks: Some(&on),
+                ..inp
+            },
+            &mut got,
+        );
+        assert!(
+            got.iter().all(|x| x.abs() < 1e-6),
+            "head_dim {}",
+            c.head_dim
+        );
     }
 }
 
