@@ -6,6 +6,8 @@ pub mod hparams;
 pub mod info;
 pub mod kv_cache;
 pub mod moe;
+pub mod moe_calibration;
+pub mod moe_select;
 pub mod weights;
 
 pub use hparams::HParams;

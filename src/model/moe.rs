@@ -4,6 +4,7 @@
 
 use super::forward::act_fn;
 use super::hparams::HParams;
+use super::moe_select::{select, MoeState};
 use super::weights::Ffn;
 use crate::kernels::activation::glu;
 use crate::kernels::linear;
@@ -18,7 +19,15 @@ pub fn top_k(probs: &[f32], k: usize) -> Vec<usize> {
 }
 
 /// `h` is (n, n_embd); returns (n, n_embd).
-pub fn moe_ffn(hp: &HParams, ffn: &Ffn, h: &[f32], n: usize) -> Vec<f32> {
+/// `moe` chooses how many experts each token gets (`moe_select`) and counts them.
+pub fn moe_ffn(
+    hp: &HParams,
+    ffn: &Ffn,
+    h: &[f32],
+    n: usize,
+    il: usize,
+    moe: &mut MoeState,
+) -> Vec<f32> {
     let Ffn::Moe {
         router,
         gate,
@@ -38,9 +47,10 @@ pub fn moe_ffn(hp: &HParams, ffn: &Ffn, h: &[f32], n: usize) -> Vec<f32> {
     for t in 0..n {
         let probs = &mut logits[t * ne..(t + 1) * ne];
         softmax(probs);
-        let sel = top_k(probs, hp.n_expert_used);
+        let sel = select(probs, il, hp.n_expert_used, &moe.config, &mut moe.scratch);
+        moe.stats.record(il, probs, sel);
         let sum: f32 = sel.iter().map(|&x| probs[x]).sum();
-        for &x in &sel {
+        for &x in sel {
             routed[x].push((t, probs[x] / sum));
         }
     }
