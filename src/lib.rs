@@ -3,6 +3,7 @@
 //! Layers, with dependencies pointing down: `cli` (in the binary) → `model` → `tensor`;
 //! `model` → `gguf`.
 
+pub mod calibrate;
 pub mod chat_template;
 pub mod engine;
 pub mod error;

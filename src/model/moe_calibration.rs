@@ -17,7 +17,7 @@ use crate::gguf::{GgufHeader, Value, ValueType};
 
 /// How a layer's threshold `t` turns a token's sorted router probabilities `p1 >= p2 >= ...`
 /// into a number of experts (then clamped to `[min, max]`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum CalibKind {
     /// The fewest experts whose probabilities sum to `t` (of all experts' mass).
     #[default]

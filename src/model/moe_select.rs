@@ -158,21 +158,24 @@ fn rule_count(
         MoeRule::ModelDefault => n_used,
         MoeRule::TopK(k) => *k,
         MoeRule::TopP(p) => mass_count(sorted, p * total),
-        MoeRule::Calibrated(c) => {
-            let t = c.thresholds[layer];
-            match c.kind {
-                CalibKind::TopP => mass_count(sorted, t * total),
-                CalibKind::RelMass => {
-                    let top: f32 = sorted[..hi.min(sorted.len())].iter().sum();
-                    mass_count(sorted, t * top)
-                }
-                CalibKind::Ratio => sorted
-                    .iter()
-                    .take_while(|&&s| s >= t * sorted[0])
-                    .count()
-                    .max(1),
-            }
+        MoeRule::Calibrated(c) => calibrated_count(c.kind, c.thresholds[layer], sorted, total, hi),
+    }
+}
+
+/// How many experts the calibrated rule `kind` with threshold `t` keeps for one token, before
+/// clamping: `sorted` are its scores highest first, `total` their sum, `hi` the most allowed.
+pub fn calibrated_count(kind: CalibKind, t: f32, sorted: &[f32], total: f32, hi: usize) -> usize {
+    match kind {
+        CalibKind::TopP => mass_count(sorted, t * total),
+        CalibKind::RelMass => {
+            let top: f32 = sorted[..hi.min(sorted.len())].iter().sum();
+            mass_count(sorted, t * top)
         }
+        CalibKind::Ratio => sorted
+            .iter()
+            .take_while(|&&s| s >= t * sorted[0])
+            .count()
+            .max(1),
     }
 }
 
