@@ -4,7 +4,9 @@
 
 use crate::error::{Error, Result};
 use crate::gguf::GgufFile;
-use crate::model::forward::forward;
+use crate::model::forward::forward_moe;
+use crate::model::moe_calibration::MoeCalibration;
+use crate::model::moe_select::{MoeConfig, MoeState};
 use crate::model::{HParams, KvCache, Weights};
 use crate::sampling::Sampler;
 use crate::tokenizer::Tokenizer;
@@ -17,6 +19,8 @@ pub struct Model<'a> {
     pub hp: HParams,
     pub weights: Weights<'a>,
     pub tokenizer: Tokenizer,
+    /// The calibrated expert-count rule stored in the file by `dsrun calibrate`, if any.
+    pub moe_calibration: Option<MoeCalibration>,
 }
 
 impl<'a> Model<'a> {
@@ -32,11 +36,16 @@ impl<'a> Model<'a> {
                 hp.n_vocab
             )));
         }
+        let moe_calibration = MoeCalibration::from_gguf(file)?;
+        if let Some(c) = &moe_calibration {
+            c.check(hp.n_expert, hp.n_layer)?;
+        }
         Ok(Model {
             file,
             hp,
             weights,
             tokenizer,
+            moe_calibration,
         })
     }
 }
@@ -77,6 +86,8 @@ pub struct Session<'m, 'a> {
     pub n_batch: usize,
     /// Tokens whose K/V are in the cache, in order.
     pub tokens: Vec<u32>,
+    /// How many experts each token uses (the model's own count by default), and the counts.
+    pub moe: MoeState,
 }
 
 impl<'m, 'a> Session<'m, 'a> {
@@ -92,7 +103,15 @@ impl<'m, 'a> Session<'m, 'a> {
             kv: KvCache::new(hp.n_layer, n_ctx, hp.n_head_kv * hp.head_dim),
             n_batch: n_batch.max(1),
             tokens: Vec::new(),
+            moe: MoeState::default(),
         })
+    }
+
+    /// Sets the expert selection after checking it against the model.
+    pub fn set_moe(&mut self, config: MoeConfig) -> Result<()> {
+        config.validate(self.model.hp.n_expert, self.model.hp.n_layer)?;
+        self.moe.config = config;
+        Ok(())
     }
 
     pub fn n_ctx(&self) -> usize {
@@ -115,12 +134,13 @@ impl<'m, 'a> Session<'m, 'a> {
         self.check_fits(tokens)?;
         let mut logits = Vec::new();
         for batch in tokens.chunks(self.n_batch) {
-            logits = forward(
+            logits = forward_moe(
                 &self.model.hp,
                 &self.model.weights,
                 &mut self.kv,
                 batch,
                 false,
+                &mut self.moe,
             );
             self.tokens.extend_from_slice(batch);
         }
@@ -133,12 +153,13 @@ impl<'m, 'a> Session<'m, 'a> {
         self.check_fits(tokens)?;
         let mut logits = Vec::with_capacity(tokens.len() * self.model.hp.n_vocab);
         for batch in tokens.chunks(self.n_batch) {
-            logits.extend(forward(
+            logits.extend(forward_moe(
                 &self.model.hp,
                 &self.model.weights,
                 &mut self.kv,
                 batch,
                 true,
+                &mut self.moe,
             ));
             self.tokens.extend_from_slice(batch);
         }

@@ -3,6 +3,7 @@
 //! Layers, with dependencies pointing down: `cli` (in the binary) → `model` → `tensor`;
 //! `model` → `gguf`; `gpu` (wgpu and the WGSL shaders) → `kernels` (its reference twins).
 
+pub mod calibrate;
 pub mod chat_template;
 pub mod engine;
 pub mod error;

@@ -3,10 +3,12 @@
 //! from an empty cache — each after one warm-up run, repeated `-r` times, reported as mean ± std
 //! tokens per second, as a markdown table or as JSON with llama-bench's field names.
 
+use super::common::MoeArgs;
 use super::CliError;
 use clap::Args;
 use dsrun::engine::{Model, Session};
 use dsrun::gguf::GgufFile;
+use dsrun::model::moe_select::{MoeConfig, MoeStats};
 use dsrun::Error;
 use std::io::Write;
 use std::path::PathBuf;
@@ -45,6 +47,8 @@ pub struct BenchArgs {
     /// Output format: md or json
     #[arg(short = 'o', long = "output", default_value = "md")]
     pub output: String,
+    #[command(flatten)]
+    pub moe: MoeArgs,
 }
 
 struct Result1 {
@@ -52,6 +56,8 @@ struct Result1 {
     n_prompt: usize,
     n_gen: usize,
     samples_ns: Vec<u128>,
+    /// Experts per token over the timed runs (MoE models).
+    experts: MoeStats,
 }
 
 impl Result1 {
@@ -98,12 +104,16 @@ fn tokens(n: usize, n_vocab: usize, seed: u64) -> Vec<u32> {
 
 fn run_test(
     model: &Model,
+    moe: &MoeConfig,
+    experts: &mut MoeStats,
     n_ctx: usize,
     batch: usize,
     n_prompt: usize,
     n_gen: usize,
 ) -> Result<u128, Error> {
     let mut s = Session::new(model, n_ctx, batch)?;
+    s.set_moe(moe.clone())?;
+    s.moe.stats = std::mem::take(experts);
     let nv = model.hp.n_vocab;
     let t0 = Instant::now();
     if n_prompt > 0 {
@@ -114,12 +124,18 @@ fn run_test(
         let logits = s.eval(&[tok])?;
         tok = dsrun::sampling::argmax(&logits);
     }
-    Ok(t0.elapsed().as_nanos())
+    let ns = t0.elapsed().as_nanos();
+    *experts = std::mem::take(&mut s.moe.stats);
+    Ok(ns)
 }
 
 pub fn run(args: BenchArgs) -> Result<(), CliError> {
     let file = GgufFile::open(&args.model)?;
     let model = Model::load(&file)?;
+    let (moe, what) = args.moe.config(&model)?;
+    if let Some(w) = what.filter(|_| !moe.is_model_default()) {
+        eprintln!("dsrun bench: {w}");
+    }
     let threads = if args.threads.is_empty() {
         vec![std::thread::available_parallelism().map_or(1, |n| n.get())]
     } else {
@@ -147,10 +163,12 @@ pub fn run(args: BenchArgs) -> Result<(), CliError> {
             .map_err(|e| Error::Invalid(format!("cannot start {t} threads: {e}")))?;
         for &(p, n) in &tests {
             let n_ctx = (p + n).max(1);
+            let mut experts = MoeStats::default();
             let samples = pool.install(|| -> Result<Vec<u128>, Error> {
-                run_test(&model, n_ctx, args.batch_size, p, n)?; // warm-up
+                let mut warm = MoeStats::default();
+                run_test(&model, &moe, &mut warm, n_ctx, args.batch_size, p, n)?;
                 (0..args.reps.max(1))
-                    .map(|_| run_test(&model, n_ctx, args.batch_size, p, n))
+                    .map(|_| run_test(&model, &moe, &mut experts, n_ctx, args.batch_size, p, n))
                     .collect()
             })?;
             let r = Result1 {
@@ -158,10 +176,18 @@ pub fn run(args: BenchArgs) -> Result<(), CliError> {
                 n_prompt: p,
                 n_gen: n,
                 samples_ns: samples,
+                experts,
             };
             if args.output == "md" {
                 let (m, sd) = Result1::mean_std(&r.ts());
-                eprintln!("dsrun bench: t={t} {}: {m:.2} ± {sd:.2} t/s", r.test_name());
+                let experts = match r.experts.summary() {
+                    Some(s) => format!(", {s}"),
+                    None => String::new(),
+                };
+                eprintln!(
+                    "dsrun bench: t={t} {}: {m:.2} ± {sd:.2} t/s{experts}",
+                    r.test_name()
+                );
             }
             results.push(r);
         }
@@ -197,6 +223,8 @@ pub fn run(args: BenchArgs) -> Result<(), CliError> {
                     "stddev_ts": sd,
                     "samples_ns": r.samples_ns,
                     "samples_ts": ts,
+                    "moe_avg_experts": r.experts.average(),
+                    "moe_avg_experts_per_layer": r.experts.per_layer(),
                 })
             })
             .collect();

@@ -148,7 +148,11 @@ impl Chat<'_, '_> {
 
     fn stats(&self) -> String {
         let used = self.session.tokens.len();
-        match &self.last {
+        let experts = match self.session.moe.stats.summary() {
+            Some(s) => format!("; {s}"),
+            None => String::new(),
+        };
+        let line = match &self.last {
             Some(s) => format!(
                 "last reply: prompt {} tokens at {:.1} t/s, {} tokens generated at {:.1} t/s; context {used} / {} tokens, {} messages",
                 s.n_prompt,
@@ -159,7 +163,8 @@ impl Chat<'_, '_> {
                 self.messages.len()
             ),
             None => format!("no reply yet; context {used} / {} tokens", self.session.n_ctx()),
-        }
+        };
+        line + &experts
     }
 }
 
@@ -174,7 +179,11 @@ pub fn run(args: ChatArgs) -> Result<(), CliError> {
     let n_ctx = args.model.n_ctx(4096, model.hp.n_ctx_train);
     let stop = Arc::new(AtomicBool::new(false));
     let mut chat = Chat {
-        session: Session::new(&model, n_ctx, args.model.batch_size)?,
+        session: {
+            let mut s = Session::new(&model, n_ctx, args.model.batch_size)?;
+            args.model.moe.apply(&mut s, false)?;
+            s
+        },
         template,
         messages: Vec::new(),
         system: args.system.clone(),

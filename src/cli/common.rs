@@ -1,8 +1,11 @@
 //! Options shared by the subcommands that run a model.
 
 use clap::Args;
+use dsrun::engine::{Model, Session};
+use dsrun::model::moe_select::{MoeConfig, MoeRule};
 use dsrun::sampling::SamplerConfig;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
@@ -18,6 +21,8 @@ pub struct ModelArgs {
     /// Threads (default: all cores)
     #[arg(short = 't', long = "threads")]
     pub threads: Option<usize>,
+    #[command(flatten)]
+    pub moe: MoeArgs,
 }
 
 impl ModelArgs {
@@ -83,5 +88,58 @@ impl SampleArgs {
             repeat_last_n: self.repeat_last_n,
             seed,
         }
+    }
+}
+
+/// How many experts each token of a Mixture-of-Experts model uses.
+#[derive(Args, Debug, Clone, Default)]
+pub struct MoeArgs {
+    /// Use exactly K experts per token instead of the model's own count
+    #[arg(long = "moe-top-k", value_name = "K", conflicts_with = "moe_top_p")]
+    pub moe_top_k: Option<usize>,
+    /// Use the fewest experts whose router probabilities sum to at least P (0 < P <= 1)
+    #[arg(long = "moe-top-p", value_name = "P")]
+    pub moe_top_p: Option<f32>,
+    /// At least this many experts per token
+    #[arg(long = "moe-min-experts", value_name = "N")]
+    pub moe_min_experts: Option<usize>,
+    /// At most this many experts per token
+    #[arg(long = "moe-max-experts", value_name = "N")]
+    pub moe_max_experts: Option<usize>,
+}
+
+impl MoeArgs {
+    /// The selection these flags ask for on `model`: `--moe-top-k`/`--moe-top-p` when given,
+    /// else the calibrated rule stored in the file when there is one, else the model's own
+    /// count. Checked against the model; `what` is one line saying what it does, for stderr
+    /// (None for a dense model).
+    pub fn config(&self, model: &Model) -> Result<(MoeConfig, Option<String>), dsrun::Error> {
+        let rule = match (self.moe_top_k, self.moe_top_p, &model.moe_calibration) {
+            (Some(k), _, _) => MoeRule::TopK(k),
+            (None, Some(p), _) => MoeRule::TopP(p),
+            (None, None, Some(c)) if model.hp.n_expert > 0 => {
+                MoeRule::Calibrated(Arc::new(c.clone()))
+            }
+            _ => MoeRule::ModelDefault,
+        };
+        let cfg = MoeConfig {
+            rule,
+            min_experts: self.moe_min_experts,
+            max_experts: self.moe_max_experts,
+        };
+        cfg.validate(model.hp.n_expert, model.hp.n_layer)?;
+        let what = (model.hp.n_expert > 0)
+            .then(|| cfg.describe(model.hp.n_expert, model.hp.n_expert_used));
+        Ok((cfg, what))
+    }
+
+    /// Sets the session's selection and says on stderr what it is, unless it is the model's own
+    /// count or `quiet`.
+    pub fn apply(&self, session: &mut Session, quiet: bool) -> Result<(), dsrun::Error> {
+        let (cfg, what) = self.config(session.model)?;
+        if let Some(w) = what.filter(|_| !quiet && !cfg.is_model_default()) {
+            eprintln!("dsrun: {w}");
+        }
+        session.set_moe(cfg)
     }
 }

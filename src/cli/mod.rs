@@ -1,6 +1,7 @@
 //! Command-line arguments and the subcommands. Only this layer prints to the terminal.
 
 mod bench;
+mod calibrate;
 mod chat;
 mod common;
 mod info;
@@ -33,6 +34,9 @@ pub enum Command {
     Perplexity(perplexity::PerplexityArgs),
     /// Prompt and generation speed, measured as llama-bench does
     Bench(bench::BenchArgs),
+    /// Learn how many experts each token needs from a text, within a KL-divergence budget, and
+    /// store the rule in a copy of the model
+    Calibrate(calibrate::CalibrateArgs),
 }
 
 /// A CLI-level error: a library error or an I/O error on stdout, with context.
@@ -77,5 +81,6 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Chat(args) => chat::run(args),
         Command::Perplexity(args) => perplexity::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Calibrate(args) => calibrate::run(args),
     }
 }

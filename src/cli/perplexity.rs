@@ -72,6 +72,7 @@ pub fn run(args: PerplexityArgs) -> Result<(), CliError> {
         None => None,
     };
     let mut session = Session::new(&model, n_ctx, args.model.batch_size)?;
+    args.model.moe.apply(&mut session, false)?;
     let mut stats = PplStats::default();
     let mut out = std::io::stdout().lock();
     let t0 = Instant::now();
@@ -113,6 +114,9 @@ pub fn run(args: PerplexityArgs) -> Result<(), CliError> {
     if let Some(w) = writer {
         w.finish()?;
     }
+    if let Some(s) = session.moe.stats.summary() {
+        eprintln!("dsrun: experts: {s}");
+    }
     Ok(())
 }
 
@@ -129,6 +133,7 @@ fn run_kld(args: &PerplexityArgs, model: &Model) -> Result<(), CliError> {
     }
     let n_chunks = args.chunks.map_or(base.n_chunks, |c| c.min(base.n_chunks));
     let mut session = Session::new(model, n_ctx, args.model.batch_size)?;
+    args.model.moe.apply(&mut session, false)?;
     let (mut ppl, mut ppl_base) = (PplStats::default(), PplStats::default());
     let mut kld = KldStats::default();
     let mut out = std::io::stdout().lock();
@@ -180,5 +185,8 @@ fn run_kld(args: &PerplexityArgs, model: &Model) -> Result<(), CliError> {
     writeln!(out, "Median  KLD: {:.6}", kld.quantile(0.5))?;
     writeln!(out, "====== Token probability statistics ======")?;
     writeln!(out, "Same top p: {:.3} %", 100.0 * kld.same_top_frac())?;
+    if let Some(s) = session.moe.stats.summary() {
+        writeln!(out, "Experts per token: {s}")?;
+    }
     Ok(())
 }

@@ -29,6 +29,9 @@ pub struct RunArgs {
     /// Print one JSON object with the text, token counts and timings
     #[arg(long)]
     pub json: bool,
+    /// Also report the experts used per token (Mixture-of-Experts models)
+    #[arg(short, long)]
+    pub verbose: bool,
     /// Prompt text (read from stdin when absent)
     pub prompt: Option<String>,
 }
@@ -79,6 +82,9 @@ pub fn run(args: RunArgs) -> Result<(), CliError> {
     let load_time = t_load.elapsed();
     let n_ctx = args.model.n_ctx(4096, model.hp.n_ctx_train);
     let mut session = Session::new(&model, n_ctx, args.model.batch_size)?;
+    args.model
+        .moe
+        .apply(&mut session, args.quiet || args.json)?;
     let tok = &model.tokenizer;
     let ids = tok.encode(&prompt, true, true)?;
     if ids.len() >= n_ctx {
@@ -128,6 +134,8 @@ pub fn run(args: RunArgs) -> Result<(), CliError> {
             "prompt_tps": stats.prompt_tps(),
             "gen_tps": stats.gen_tps(),
             "seed": seed,
+            "moe_avg_experts": session.moe.stats.average(),
+            "moe_avg_experts_per_layer": session.moe.stats.per_layer(),
         });
         writeln!(out, "{v}")?;
     } else {
@@ -147,6 +155,9 @@ pub fn run(args: RunArgs) -> Result<(), CliError> {
             stats.n_gen,
             stats.gen_tps()
         );
+        if let Some(s) = session.moe.stats.summary().filter(|_| args.verbose) {
+            eprintln!("dsrun: experts: {s}");
+        }
     }
     Ok(())
 }

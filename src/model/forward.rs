@@ -8,6 +8,7 @@ use super::hparams::HParams;
 use super::kv_cache::KvCache;
 use super::mla;
 use super::moe::moe_ffn;
+use super::moe_select::MoeState;
 use super::weights::{Attn, AttnWeights, Ffn, Weights};
 use crate::kernels::activation::{gelu_f16_table, glu, silu};
 use crate::kernels::attention::AttnInput;
@@ -47,6 +48,18 @@ pub fn forward(
     kv: &mut KvCache,
     tokens: &[u32],
     all_logits: bool,
+) -> Vec<f32> {
+    forward_moe(hp, w, kv, tokens, all_logits, &mut MoeState::default())
+}
+
+/// `forward` with the experts per token chosen by `moe.config` and counted in `moe.stats`.
+pub fn forward_moe(
+    hp: &HParams,
+    w: &Weights,
+    kv: &mut KvCache,
+    tokens: &[u32],
+    all_logits: bool,
+    moe: &mut MoeState,
 ) -> Vec<f32> {
     let n = tokens.len();
     let e = hp.n_embd;
@@ -92,7 +105,7 @@ pub fn forward(
                 linear(down, &g, n, &mut out);
                 out
             }
-            Ffn::Moe { .. } => moe_ffn(hp, &lw.ffn, &h, n),
+            Ffn::Moe { .. } => moe_ffn(hp, &lw.ffn, &h, n, il, moe),
         };
         if let Some(pn) = &lw.post_ffn_norm {
             rms_norm_rows(&mut ffn_out, pn, hp.rms_eps);

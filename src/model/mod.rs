@@ -7,6 +7,8 @@ pub mod info;
 pub mod kv_cache;
 pub mod mla;
 pub mod moe;
+pub mod moe_calibration;
+pub mod moe_select;
 pub mod routing;
 pub mod weights;
 

@@ -2,13 +2,16 @@
 //! top-k experts; tokens are then grouped by expert so each selected expert's rows are read once
 //! per batch, and experts no token picked are never read.
 
+use super::arch::Gating;
 use super::forward::act_fn;
 use super::hparams::HParams;
-use super::routing::{route, sigmoid, RouteParams};
+use super::moe_select::{select, MoeState};
+use super::routing::{route, route_with, sigmoid, RouteParams};
 use super::weights::{Ffn, SharedExpert};
 use crate::kernels::activation::{glu, swiglu_oai};
 use crate::kernels::linear;
 use crate::kernels::matmul::dot;
+use crate::kernels::softmax::softmax;
 
 /// Top-k by probability, highest first; ties go to the lower expert id.
 pub fn top_k(probs: &[f32], k: usize) -> Vec<usize> {
@@ -19,7 +22,15 @@ pub fn top_k(probs: &[f32], k: usize) -> Vec<usize> {
 }
 
 /// `h` is (n, n_embd); returns (n, n_embd).
-pub fn moe_ffn(hp: &HParams, ffn: &Ffn, h: &[f32], n: usize) -> Vec<f32> {
+/// `moe` chooses how many experts each token gets (`moe_select`) and counts them.
+pub fn moe_ffn(
+    hp: &HParams,
+    ffn: &Ffn,
+    h: &[f32],
+    n: usize,
+    il: usize,
+    moe: &mut MoeState,
+) -> Vec<f32> {
     let Ffn::Moe {
         router,
         gate,
@@ -53,7 +64,33 @@ pub fn moe_ffn(hp: &HParams, ffn: &Ffn, h: &[f32], n: usize) -> Vec<f32> {
     };
     let mut routed: Vec<Vec<(usize, f32)>> = vec![Vec::new(); ne];
     for t in 0..n {
-        for (x, wt) in route(&rp, &logits[t * ne..(t + 1) * ne]) {
+        let l = &logits[t * ne..(t + 1) * ne];
+        let chosen = if moe.config.is_model_default() && moe.stats.trace.is_none() {
+            let r = route(&rp, l);
+            moe.stats.count(il, r.len());
+            r
+        } else {
+            // The selection rule reads the scores as probabilities: softmax where the gating
+            // softmaxes only after choosing, masked groups (-inf) and negatives as zero.
+            let gating = hp.routing.routing.gating;
+            let default = moe.config.is_model_default();
+            route_with(&rp, l, &mut |sel| {
+                let mut probs = sel.to_vec();
+                if gating == Gating::TopKThenSoftmax {
+                    softmax(&mut probs);
+                } else {
+                    probs.iter_mut().for_each(|v| *v = v.max(0.0));
+                }
+                let ids = if default {
+                    super::moe::top_k(sel, rp.k)
+                } else {
+                    select(&probs, il, rp.k, &moe.config, &mut moe.scratch).to_vec()
+                };
+                moe.stats.record(il, &probs, &ids);
+                ids
+            })
+        };
+        for (x, wt) in chosen {
             routed[x].push((t, wt));
         }
     }

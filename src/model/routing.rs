@@ -36,6 +36,18 @@ pub fn sigmoid(x: f32) -> f32 {
 
 /// `logits` (n_expert) of one token → (expert, weight) pairs, best first.
 pub fn route(p: &RouteParams, logits: &[f32]) -> Vec<(usize, f32)> {
+    route_with(p, logits, &mut |select| top_k(select, p.k))
+}
+
+/// [`route`] with the experts chosen by `choose` from the selection scores (the scores after
+/// gating, selection bias and group masking: what top-k ranks), best first. Dynamic expert
+/// counts (`moe_select`) plug in here; weights then follow the architecture's own rule over
+/// the chosen experts.
+pub fn route_with(
+    p: &RouteParams,
+    logits: &[f32],
+    choose: &mut dyn FnMut(&[f32]) -> Vec<usize>,
+) -> Vec<(usize, f32)> {
     let mut scores = logits.to_vec();
     match p.routing.gating {
         Gating::Softmax => softmax(&mut scores),
@@ -49,7 +61,7 @@ pub fn route(p: &RouteParams, logits: &[f32]) -> Vec<(usize, f32)> {
     if p.n_group > 1 {
         mask_groups(&mut select, p.n_group, p.n_group_used);
     }
-    let chosen = top_k(&select, p.k);
+    let chosen = choose(&select);
     let mut w: Vec<f32> = chosen.iter().map(|&x| scores[x]).collect();
     if p.routing.gating == Gating::TopKThenSoftmax {
         softmax(&mut w);
