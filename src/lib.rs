@@ -10,6 +10,8 @@ pub mod gguf;
 pub mod kernels;
 pub mod model;
 pub mod perplexity;
+#[cfg(feature = "quantize")]
+pub mod quantize;
 pub mod sampling;
 pub mod tensor;
 pub mod tokenizer;

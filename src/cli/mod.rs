@@ -5,6 +5,8 @@ mod chat;
 mod common;
 mod info;
 mod perplexity;
+#[cfg(feature = "quantize")]
+mod quantize;
 mod run;
 
 use clap::{Parser, Subcommand};
@@ -33,6 +35,9 @@ pub enum Command {
     Perplexity(perplexity::PerplexityArgs),
     /// Prompt and generation speed, measured as llama-bench does
     Bench(bench::BenchArgs),
+    /// Convert a GGUF file or a Hugging Face folder to a GGUF of a llama-quantize type (Q4_K_M, ...)
+    #[cfg(feature = "quantize")]
+    Quantize(quantize::QuantizeArgs),
 }
 
 /// A CLI-level error: a library error or an I/O error on stdout, with context.
@@ -77,5 +82,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Chat(args) => chat::run(args),
         Command::Perplexity(args) => perplexity::run(args),
         Command::Bench(args) => bench::run(args),
+        #[cfg(feature = "quantize")]
+        Command::Quantize(args) => quantize::run(args),
     }
 }
