@@ -78,11 +78,7 @@ pub fn run(args: QuantizeArgs) -> Result<(), CliError> {
 
     let t0 = Instant::now();
     let source: Box<dyn Source> = if args.input.is_dir() {
-        return Err(Error::Invalid(format!(
-            "{}: is a directory; Hugging Face folders are not supported yet",
-            args.input.display()
-        ))
-        .into());
+        Box::new(quantize::hf::HfSource::open(&args.input, ftype)?)
     } else {
         Box::new(GgufSource::open(&args.input)?)
     };

@@ -9,6 +9,7 @@
 //!   into a temporary file that is renamed only when complete.
 
 pub mod ftype;
+pub mod hf;
 
 pub mod recipe;
 pub mod source;
