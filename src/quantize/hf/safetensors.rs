@@ -159,16 +159,15 @@ fn explain(buf: &[u8], e: SafeTensorError) -> String {
         SafeTensorError::HeaderTooSmall => {
             "not a safetensors file: shorter than its 8-byte header length".into()
         }
-        SafeTensorError::TensorInvalidInfo | SafeTensorError::InvalidOffset(_) => {
-            match find_bad_tensor(buf) {
-                Some(msg) => msg,
-                None => format!("corrupt safetensors header: {e}"),
-            }
-        }
-        SafeTensorError::MetadataIncompleteBuffer => format!(
-            "corrupt safetensors file: the tensors' byte ranges do not cover the data ({} bytes): truncated or offsets out of range",
-            buf.len()
-        ),
+        SafeTensorError::TensorInvalidInfo
+        | SafeTensorError::InvalidOffset(_)
+        | SafeTensorError::MetadataIncompleteBuffer => match find_bad_tensor(buf) {
+            Some(msg) => msg,
+            None => format!(
+                "corrupt safetensors file ({} bytes): {e}: truncated, or tensor offsets out of range",
+                buf.len()
+            ),
+        },
         e => format!("corrupt safetensors header: {e}"),
     }
 }
@@ -176,7 +175,8 @@ fn explain(buf: &[u8], e: SafeTensorError) -> String {
 /// The first tensor whose dtype and shape do not match its byte range, described.
 fn find_bad_tensor(buf: &[u8]) -> Option<String> {
     let n = u64::from_le_bytes(buf.get(..8)?.try_into().ok()?) as usize;
-    let header: serde_json::Value = serde_json::from_slice(buf.get(8..8 + n)?).ok()?;
+    let header: serde_json::Value =
+        serde_json::from_slice(buf.get(8..8usize.checked_add(n)?)?).ok()?;
     for (name, info) in header.as_object()? {
         if name == "__metadata__" {
             continue;
@@ -194,13 +194,16 @@ fn find_bad_tensor(buf: &[u8]) -> Option<String> {
             .iter()
             .filter_map(|d| d.as_u64())
             .collect();
-        let size = match dtype {
+        let size: u64 = match dtype {
             "F64" | "I64" | "U64" => 8,
             "F32" | "I32" | "U32" => 4,
             "F16" | "BF16" | "I16" | "U16" => 2,
             _ => 1,
         };
-        let want = shape.iter().product::<u64>() * size;
+        let want = shape
+            .iter()
+            .try_fold(size, |acc: u64, &d| acc.checked_mul(d))
+            .unwrap_or(u64::MAX);
         let (s, e) = (*off.first()?, *off.get(1)?);
         if e < s || e - s != want {
             return Some(format!(
@@ -208,7 +211,7 @@ fn find_bad_tensor(buf: &[u8]) -> Option<String> {
                 e.saturating_sub(s)
             ));
         }
-        if 8 + n as u64 + e > buf.len() as u64 {
+        if (8 + n as u64).saturating_add(e) > buf.len() as u64 {
             return Some(format!(
                 "tensor {name}: data_offsets [{s}, {e}] lie outside the file ({} bytes of data)",
                 buf.len() as u64 - 8 - n as u64
