@@ -33,6 +33,16 @@ fn dsrun(args: &[&str]) -> std::process::Output {
 
 /// dsrun and llama-quantize on the same input and preset; returns dsrun's output path.
 fn same_as_llama_quantize(model: &str, ftype: &str, extra: &[&str]) -> PathBuf {
+    same_as_llama_quantize_with(model, ftype, extra, extra)
+}
+
+/// As `same_as_llama_quantize`, with different flags for each tool.
+fn same_as_llama_quantize_with(
+    model: &str,
+    ftype: &str,
+    extra: &[&str],
+    llama_extra: &[&str],
+) -> PathBuf {
     let input = common::model(model);
     let stem = input.file_stem().unwrap().to_string_lossy().to_string();
     let ours = scratch(&format!("dsrun-{stem}-{ftype}.gguf"));
@@ -48,7 +58,7 @@ fn same_as_llama_quantize(model: &str, ftype: &str, extra: &[&str]) -> PathBuf {
         String::from_utf8_lossy(&out.stderr)
     );
     let status = Command::new(llama_quantize())
-        .args(extra)
+        .args(llama_extra)
         .args([&input, &theirs])
         .args([ftype, "2"])
         .output()
@@ -121,4 +131,30 @@ fn bad_type_and_unwritable_output_are_clear_errors() {
     let err = String::from_utf8_lossy(&r.stderr);
     assert!(err.contains("/nonexistent-dir/out.gguf"), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
+}
+
+#[test]
+fn recipe_file_equals_llama_quantize_tensor_type_overrides() {
+    let recipe = scratch("recipe.json");
+    std::fs::write(
+        &recipe,
+        r#"{"tensors": {"blk.0.attn_v.weight": "Q8_0", "output.weight": "Q5_K",
+            "blk.3.ffn_down_exps.weight": "Q3_K"}}"#,
+    )
+    .unwrap();
+    let out = same_as_llama_quantize_with(
+        common::TINY_F16,
+        "Q4_K_M",
+        &["--recipe", recipe.to_str().unwrap()],
+        &[
+            "--tensor-type",
+            r"blk\.0\.attn_v\.weight=q8_0",
+            "--tensor-type",
+            r"^output\.weight=q5_K",
+            "--tensor-type",
+            r"blk\.3\.ffn_down_exps\.weight=q3_K",
+        ],
+    );
+    std::fs::remove_file(out).unwrap();
+    std::fs::remove_file(recipe).unwrap();
 }

@@ -48,6 +48,133 @@ pub struct QuantizeArgs {
     /// No progress bars or per-tensor lines, only the summary
     #[arg(short = 'q', long)]
     pub quiet: bool,
+    /// Choose each tensor's type to meet this many bits per weight at the least KL divergence,
+    /// measured on the calibration text (-f); the input must be an F16, BF16 or F32 GGUF
+    #[arg(long = "target-bpw", conflicts_with_all = ["target_size", "recipe"])]
+    pub target_bpw: Option<f64>,
+    /// As --target-bpw, for a total tensor size: bytes, or with K, M, G, KiB, MiB, GiB
+    #[arg(long = "target-size", conflicts_with = "recipe")]
+    pub target_size: Option<String>,
+    /// Calibration text for --target-bpw / --target-size
+    #[arg(short = 'f', long = "calibration")]
+    pub calibration: Option<PathBuf>,
+    /// Calibration chunks of --calib-ctx tokens
+    #[arg(long = "calib-chunks", default_value_t = 4)]
+    pub calib_chunks: usize,
+    /// Tokens per calibration chunk
+    #[arg(long = "calib-ctx", default_value_t = 256)]
+    pub calib_ctx: usize,
+    /// Write the chosen recipe (each tensor's type, and the measurements) as JSON
+    #[arg(long = "recipe-out")]
+    pub recipe_out: Option<PathBuf>,
+    /// Give tensors the types of a recipe written by --recipe-out (no measuring)
+    #[arg(long)]
+    pub recipe: Option<PathBuf>,
+}
+
+/// "14731264", "14.05MiB", "2G" -> bytes.
+fn parse_size(s: &str) -> Result<u64, Error> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let mult: f64 = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 1.0,
+        "K" | "KB" => 1e3,
+        "M" | "MB" => 1e6,
+        "G" | "GB" => 1e9,
+        "KIB" => 1024.0,
+        "MIB" => 1024.0 * 1024.0,
+        "GIB" => 1024.0 * 1024.0 * 1024.0,
+        _ => {
+            return Err(Error::Invalid(format!(
+                "--target-size: unknown unit in {s:?}"
+            )))
+        }
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| Error::Invalid(format!("--target-size: {s:?} is not a size")))?;
+    Ok((n * mult) as u64)
+}
+
+/// `--recipe`, or `--target-bpw`/`--target-size`: measure, choose, print the recipe.
+fn adaptive(args: &QuantizeArgs, opts: &mut QuantizeOptions) -> Result<(), Error> {
+    use dsrun::quantize::adaptive::{choose, measure, CalibrationOptions, Recipe};
+    if let Some(path) = &args.recipe {
+        opts.recipe.overrides = Recipe::read(path)?.overrides()?;
+        return Ok(());
+    }
+    if args.target_bpw.is_none() && args.target_size.is_none() {
+        return Ok(());
+    }
+    if args.input.is_dir() {
+        return Err(Error::Invalid(
+            "--target-bpw needs a GGUF input: convert the folder to F16 first".into(),
+        ));
+    }
+    let calib = args.calibration.as_ref().ok_or_else(|| {
+        Error::Invalid("--target-bpw / --target-size need calibration text: -f FILE".into())
+    })?;
+    let text = std::fs::read(calib).map_err(|e| Error::io(calib.display().to_string(), e))?;
+    let text = String::from_utf8_lossy(&text);
+    if let Some(t) = args.threads {
+        let _ = rayon::ThreadPoolBuilder::new()
+            .num_threads(t.max(1))
+            .build_global();
+    }
+    let copts = CalibrationOptions {
+        n_ctx: args.calib_ctx,
+        n_chunks: args.calib_chunks,
+        ..CalibrationOptions::default()
+    };
+    let bar = if args.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(0)
+    };
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{prefix:>8} [{bar:40}] {pos}/{len} {msg} (elapsed {elapsed}, ETA {eta})",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    bar.set_prefix("measure");
+    let t0 = Instant::now();
+    let sens = measure(&args.input, &text, &copts, &|done, total, name| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+        bar.set_message(name.to_string());
+    })?;
+    bar.finish_and_clear();
+    let target = match (&args.target_size, args.target_bpw) {
+        (Some(s), _) => parse_size(s)?,
+        (None, Some(b)) => (b * sens.n_elements as f64 / 8.0) as u64,
+        (None, None) => unreachable!("checked above"),
+    };
+    let recipe = choose(&sens, target)?;
+    let mut counts: std::collections::BTreeMap<&str, usize> = Default::default();
+    for t in recipe.tensors.values() {
+        *counts.entry(t.as_str()).or_default() += 1;
+    }
+    let counts: Vec<String> = counts.iter().map(|(t, n)| format!("{n} {t}")).collect();
+    eprintln!(
+        "recipe: {} ({:.3} BPW, {} bytes of tensors for a target of {}), estimated KLD {:.6}; measured in {:.1} s",
+        counts.join(", "),
+        recipe.bytes as f64 * 8.0 / sens.n_elements as f64,
+        recipe.bytes,
+        target,
+        recipe.estimated_kld,
+        t0.elapsed().as_secs_f64()
+    );
+    if let Some(p) = &args.recipe_out {
+        recipe.write(p)?;
+        eprintln!("recipe written to {}", p.display());
+    }
+    opts.recipe.overrides = recipe.overrides()?;
+    Ok(())
 }
 
 fn tensor_type(flag: &str, name: &str) -> Result<GgmlType, Error> {
@@ -83,6 +210,16 @@ pub fn run(args: QuantizeArgs) -> Result<(), CliError> {
         Box::new(GgufSource::open(&args.input)?)
     };
     check_paths(&args.input, &args.output)?;
+    // Ctrl-C: the writer may be mid-file, a trial model mid-measurement; remove both and stop.
+    let tmp = tmp_path(&args.output);
+    let shown = tmp.display().to_string();
+    let _ = ctrlc::set_handler(move || {
+        let _ = std::fs::remove_file(&tmp);
+        let _ = std::fs::remove_file(dsrun::quantize::adaptive::scratch_path());
+        eprintln!("\ndsrun: interrupted; removed the partial output {shown}");
+        std::process::exit(130);
+    });
+    adaptive(&args, &mut opts)?;
     if args.dry_run {
         let planned = quantize::plan(source.as_ref(), &opts)?;
         for (i, p) in planned.iter().enumerate() {
@@ -97,15 +234,6 @@ pub fn run(args: QuantizeArgs) -> Result<(), CliError> {
         eprintln!("{}", summary(&report, ftype));
         return Ok(());
     }
-
-    // Ctrl-C: the writer is mid-file; remove what it wrote and stop.
-    let tmp = tmp_path(&args.output);
-    let shown = tmp.display().to_string();
-    let _ = ctrlc::set_handler(move || {
-        let _ = std::fs::remove_file(&tmp);
-        eprintln!("\ndsrun: interrupted; removed the partial output {shown}");
-        std::process::exit(130);
-    });
 
     let bars = Bars::new(args.quiet);
     let report = quantize::quantize(source.as_ref(), &args.output, &opts, &bars).map_err(|e| {
@@ -164,12 +292,13 @@ fn tensor_line(i: usize, n: usize, p: &PlannedTensor) -> String {
 
 fn summary(r: &Report, ftype: Ftype) -> String {
     format!(
-        "{ftype}: {} tensors, model size {:.2} MiB ({:.2} BPW) -> {:.2} MiB ({:.2} BPW)",
+        "{ftype}: {} tensors, model size {:.2} MiB ({:.2} BPW) -> {:.2} MiB ({:.2} BPW, {} bytes of tensors)",
         r.tensors.len(),
         mib(r.bytes_in),
         r.bpw_in(),
         mib(r.bytes_out),
-        r.bpw_out()
+        r.bpw_out(),
+        r.bytes_out
     )
 }
 

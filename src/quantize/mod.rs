@@ -8,6 +8,7 @@
 //!   `dsrun-quantize` crate) on a rayon pool, several tensors at a time, and stream the result
 //!   into a temporary file that is renamed only when complete.
 
+pub mod adaptive;
 pub mod ftype;
 pub mod hf;
 
@@ -321,7 +322,8 @@ fn convert(
     Ok(out)
 }
 
-fn to_f32(type_id: u32, src: &[u8], n: usize) -> Option<Vec<f32>> {
+/// Values of `n` elements stored as type `type_id`, decoded by ggml (F32 read directly).
+pub(crate) fn to_f32(type_id: u32, src: &[u8], n: usize) -> Option<Vec<f32>> {
     if type_id == GgmlType::F32.id() {
         return Some(
             src.chunks_exact(4)
