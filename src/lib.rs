@@ -12,6 +12,8 @@ pub mod gpu;
 pub mod kernels;
 pub mod model;
 pub mod perplexity;
+#[cfg(feature = "quantize")]
+pub mod quantize;
 pub mod sampling;
 pub mod synth;
 pub mod tensor;

@@ -223,6 +223,22 @@ pub fn ggml_quantize_row_ref(type_id: u32, src: &[f32]) -> Option<Vec<u8>> {
     Some(out.into_bytes())
 }
 
+/// ggml's `ggml_validate_row_data`: false when the bytes of a tensor of this type hold a NaN or
+/// infinity (in the values or the block scales), or are not a whole number of blocks. llama.cpp
+/// checks every tensor it writes (and reads, with `check_tensors`) this way.
+pub fn ggml_validate_row_data(type_id: u32, data: &[u8]) -> bool {
+    let Some(t) = traits(type_id) else {
+        return false;
+    };
+    if !data.len().is_multiple_of(t.type_size) {
+        return false;
+    }
+    let data = Aligned::copy_of(data);
+    // SAFETY: a known type id and a buffer of whole blocks, aligned for ggml's block structs;
+    // ggml only reads `nbytes` bytes.
+    unsafe { sys::ggml_validate_row_data(type_id, data.as_ptr().cast(), data.len) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -246,6 +262,19 @@ mod tests {
         assert!(ggml_quantize(sys::GGML_TYPE_Q4_0, &[0.0; 64], 0).is_none());
         assert!(ggml_quantize(sys::GGML_TYPE_IQ2_XXS, &[0.0; 256], 256).is_none());
         assert!(ggml_quantize_row_ref(sys::GGML_TYPE_Q8_0, &[0.0; 33]).is_none());
+    }
+
+    #[test]
+    fn validation_finds_nan() {
+        let good = ggml_quantize(sys::GGML_TYPE_Q8_0, &[1.0; 32], 32).unwrap();
+        assert!(ggml_validate_row_data(sys::GGML_TYPE_Q8_0, &good));
+        assert!(!ggml_validate_row_data(sys::GGML_TYPE_Q8_0, &good[..33]));
+        let nan = f32::NAN.to_le_bytes();
+        assert!(!ggml_validate_row_data(sys::GGML_TYPE_F32, &nan));
+        assert!(ggml_validate_row_data(
+            sys::GGML_TYPE_F32,
+            &1f32.to_le_bytes()
+        ));
     }
 
     #[test]

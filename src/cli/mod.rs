@@ -6,6 +6,8 @@ mod chat;
 mod common;
 mod info;
 mod perplexity;
+#[cfg(feature = "quantize")]
+mod quantize;
 mod run;
 
 use clap::{Parser, Subcommand};
@@ -37,6 +39,9 @@ pub enum Command {
     /// Learn how many experts each token needs from a text, within a KL-divergence budget, and
     /// store the rule in a copy of the model
     Calibrate(calibrate::CalibrateArgs),
+    /// Convert a GGUF file or a Hugging Face folder to a GGUF of a llama-quantize type (Q4_K_M, ...)
+    #[cfg(feature = "quantize")]
+    Quantize(quantize::QuantizeArgs),
 }
 
 /// A CLI-level error: a library error or an I/O error on stdout, with context.
@@ -82,5 +87,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Perplexity(args) => perplexity::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Calibrate(args) => calibrate::run(args),
+        #[cfg(feature = "quantize")]
+        Command::Quantize(args) => quantize::run(args),
     }
 }

@@ -169,7 +169,8 @@ impl GgufWriter {
     }
 }
 
-fn tmp_path(path: &Path) -> PathBuf {
+/// Where `write_file` writes before renaming: `NAME.tmp` beside `path`.
+pub fn tmp_path(path: &Path) -> PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
     name.push(".tmp");
     path.with_file_name(name)

@@ -1,0 +1,378 @@
+//! Adaptive precision (`--target-bpw`, `--target-size`): measure how much each tensor's
+//! quantization to each candidate type moves the model's output, then choose one type per tensor
+//! so that the file meets the size target at the least total damage.
+//!
+//! Sensitivity is measured directly as the KL divergence of the next-token distribution from the
+//! unquantized model's, on calibration text, with only that one tensor quantized (every other
+//! tensor as in the input). Treating those divergences as additive, the choice is a knapsack,
+//! solved greedily on each tensor's lower convex hull of (bytes, KLD): repeatedly take the
+//! upgrade that buys the most KLD per byte and still fits.
+
+use super::recipe::{self, RecipeOptions, TensorDesc};
+use super::source::{GgufSource, Source};
+use crate::engine::{Model, Session};
+use crate::error::{Error, Result};
+use crate::gguf::writer::GgufWriter;
+use crate::gguf::GgufFile;
+use crate::perplexity::{chunks, kl_divergence, log_softmax};
+use crate::tensor::GgmlType;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// How sensitivity is measured.
+#[derive(Debug, Clone)]
+pub struct CalibrationOptions {
+    /// Types each quantizable tensor may get.
+    pub candidates: Vec<GgmlType>,
+    /// Tokens per calibration chunk (every position is compared).
+    pub n_ctx: usize,
+    pub n_chunks: usize,
+}
+
+impl Default for CalibrationOptions {
+    fn default() -> Self {
+        CalibrationOptions {
+            candidates: vec![
+                GgmlType::Q3K,
+                GgmlType::Q4K,
+                GgmlType::Q5K,
+                GgmlType::Q6K,
+                GgmlType::Q8_0,
+            ],
+            n_ctx: 256,
+            n_chunks: 4,
+        }
+    }
+}
+
+/// One candidate type of one tensor, measured.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Candidate {
+    #[serde(rename = "type")]
+    pub ty: String,
+    pub bytes: u64,
+    /// Mean KL divergence from the input model with only this tensor quantized to this type.
+    pub kld: f64,
+}
+
+/// The measurement of a whole model.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Sensitivity {
+    /// Quantizable tensor -> its candidates.
+    pub tensors: BTreeMap<String, Vec<Candidate>>,
+    /// Bytes of the tensors that keep their type (norms, router, 1-D).
+    pub fixed_bytes: u64,
+    pub n_elements: u64,
+}
+
+/// The chosen types, and what they were chosen from; written and read as JSON (`--recipe`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Recipe {
+    #[serde(default)]
+    pub target_bytes: u64,
+    #[serde(default)]
+    pub bytes: u64,
+    /// Sum of the chosen candidates' KLDs (the additive estimate the choice minimises).
+    #[serde(default)]
+    pub estimated_kld: f64,
+    /// Tensor name -> type name; the only field a hand-written recipe needs.
+    pub tensors: BTreeMap<String, String>,
+    #[serde(default)]
+    pub sensitivity: Option<Sensitivity>,
+}
+
+impl Recipe {
+    /// The recipe as `RecipeOptions::overrides`.
+    pub fn overrides(&self) -> Result<Vec<(String, GgmlType)>> {
+        self.tensors
+            .iter()
+            .map(|(n, t)| {
+                GgmlType::from_name(t)
+                    .map(|ty| (n.clone(), ty))
+                    .ok_or_else(|| {
+                        Error::Invalid(format!("recipe: tensor {n}: unknown type {t:?}"))
+                    })
+            })
+            .collect()
+    }
+
+    pub fn read(path: &Path) -> Result<Recipe> {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| Error::io(path.display().to_string(), e))?;
+        serde_json::from_str(&text)
+            .map_err(|e| Error::Invalid(format!("{}: not a dsrun recipe: {e}", path.display())))
+    }
+
+    pub fn write(&self, path: &Path) -> Result<()> {
+        let text = serde_json::to_string_pretty(self)
+            .map_err(|e| Error::Invalid(format!("recipe: {e}")))?;
+        std::fs::write(path, text + "\n").map_err(|e| Error::io(path.display().to_string(), e))
+    }
+}
+
+/// Where the trial models are written, one at a time (removed when done; a signal handler may
+/// remove it too).
+pub fn scratch_path() -> PathBuf {
+    std::env::temp_dir().join(format!("dsrun-calibrate-{}.gguf", std::process::id()))
+}
+
+/// Removes the file on drop (trial models are scratch).
+struct Scratch(PathBuf);
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Measures every (quantizable tensor, candidate type) of the unquantized GGUF model at `path`
+/// on `text`. `on_trial(done, total, tensor)` reports progress.
+pub fn measure(
+    path: &Path,
+    text: &str,
+    opts: &CalibrationOptions,
+    on_trial: &dyn Fn(usize, usize, &str),
+) -> Result<Sensitivity> {
+    let source = GgufSource::open(path)?;
+    let file = GgufFile::open(path)?;
+    let model = Model::load(&file)?;
+    let tok = &model.tokenizer;
+    let tokens = tok.encode(text, true, false)?;
+    let bos = if tok.add_bos() { tok.bos() } else { None };
+    let n_ctx = opts.n_ctx.max(8);
+    let calib = chunks(&tokens, n_ctx, Some(opts.n_chunks), bos);
+    if calib.is_empty() {
+        return Err(Error::Invalid(format!(
+            "the calibration text is {} tokens, less than one chunk of {n_ctx}",
+            tokens.len()
+        )));
+    }
+    let n_vocab = model.hp.n_vocab;
+    let rows = |m: &Model| -> Result<Vec<Vec<f32>>> {
+        let mut session = Session::new(m, n_ctx, n_ctx)?;
+        let mut out = Vec::new();
+        for c in &calib {
+            session.clear();
+            let logits = session.eval_all(c)?;
+            out.extend((0..n_ctx).map(|j| log_softmax(&logits[j * n_vocab..(j + 1) * n_vocab])));
+        }
+        Ok(out)
+    };
+    let reference = rows(&model)?;
+
+    let tensors = source.tensors();
+    let default = RecipeOptions::default();
+    let mut fixed_bytes = 0;
+    let mut trials: Vec<(usize, GgmlType)> = Vec::new();
+    for (i, t) in tensors.iter().enumerate() {
+        let desc = TensorDesc {
+            name: t.name.clone(),
+            dims: t.dims.clone(),
+            ty: t.ty,
+        };
+        if !recipe::allows_quantization(&desc, &default) {
+            fixed_bytes += t.ty.row_bytes(t.n_elements()).unwrap_or(0);
+            continue;
+        }
+        if recipe::is_quantized(t.ty) {
+            return Err(Error::Invalid(format!(
+                "tensor {} is already {}: --target-bpw measures against the unquantized model, give an F16, BF16 or F32 GGUF",
+                t.name, t.ty
+            )));
+        }
+        for &c in &opts.candidates {
+            if c.row_bytes(t.dims[0]).is_some() {
+                trials.push((i, c));
+            }
+        }
+    }
+    let scratch = Scratch(scratch_path());
+    let mut out: BTreeMap<String, Vec<Candidate>> = BTreeMap::new();
+    for (k, &(i, ty)) in trials.iter().enumerate() {
+        let t = &tensors[i];
+        on_trial(k, trials.len(), &t.name);
+        let data = source.read(i)?;
+        let n = t.n_elements() as usize;
+        let x = super::to_f32(data.ty.id(), &data.bytes, n).ok_or_else(|| {
+            Error::Invalid(format!("tensor {}: cannot decode {}", t.name, data.ty))
+        })?;
+        let q =
+            dsrun_quantize::ggml_quantize(ty.id(), &x, t.dims[0] as usize).ok_or_else(|| {
+                Error::Invalid(format!("tensor {}: ggml cannot quantize to {ty}", t.name))
+            })?;
+        let bytes = q.len() as u64;
+        let mut w = GgufWriter::new();
+        for (key, v) in source.metadata() {
+            w.set(key, v.clone());
+        }
+        for (j, s) in tensors.iter().enumerate() {
+            w.add_tensor(&s.name, if j == i { ty } else { s.ty }, &s.dims);
+        }
+        let mut q = Some(q);
+        w.write_file(&scratch.0, |j| {
+            if j == i {
+                q.take()
+                    .ok_or_else(|| Error::Invalid("internal: tensor asked twice".into()))
+            } else {
+                Ok(source.read(j)?.bytes.into_owned())
+            }
+        })?;
+        let trial_file = GgufFile::open(&scratch.0)?;
+        let trial = Model::load(&trial_file)?;
+        let got = rows(&trial)?;
+        let kld = reference
+            .iter()
+            .zip(&got)
+            .map(|(a, b)| kl_divergence(a, b))
+            .sum::<f64>()
+            / reference.len().max(1) as f64;
+        out.entry(t.name.clone()).or_default().push(Candidate {
+            ty: ty.name(),
+            bytes,
+            kld,
+        });
+    }
+    on_trial(trials.len(), trials.len(), "");
+    Ok(Sensitivity {
+        tensors: out,
+        fixed_bytes,
+        n_elements: tensors.iter().map(|t| t.n_elements()).sum(),
+    })
+}
+
+/// Chooses one candidate per tensor so that all tensors together take at most `target_bytes`,
+/// minimising the summed KLD (greedy on each tensor's lower convex hull).
+pub fn choose(sens: &Sensitivity, target_bytes: u64) -> Result<Recipe> {
+    // Per tensor: candidates on the lower convex hull of (bytes, kld), cheapest first.
+    let hulls: Vec<(&String, Vec<&Candidate>)> = sens
+        .tensors
+        .iter()
+        .map(|(name, cands)| {
+            let mut c: Vec<&Candidate> = cands.iter().collect();
+            c.sort_by(|a, b| a.bytes.cmp(&b.bytes).then(a.kld.total_cmp(&b.kld)));
+            let mut hull: Vec<&Candidate> = Vec::new();
+            for x in c {
+                if hull.last().is_some_and(|l| x.kld >= l.kld) {
+                    continue; // more bytes, no better
+                }
+                while hull.len() >= 2 {
+                    let (a, b) = (hull[hull.len() - 2], hull[hull.len() - 1]);
+                    // slope a->b must be steeper (more KLD saved per byte) than b->x
+                    let s_ab = (a.kld - b.kld) / (b.bytes - a.bytes).max(1) as f64;
+                    let s_bx = (b.kld - x.kld) / (x.bytes - b.bytes).max(1) as f64;
+                    if s_ab <= s_bx {
+                        hull.pop();
+                    } else {
+                        break;
+                    }
+                }
+                hull.push(x);
+            }
+            (name, hull)
+        })
+        .collect();
+    let mut at: Vec<usize> = vec![0; hulls.len()];
+    let mut bytes: u64 = sens.fixed_bytes + hulls.iter().map(|(_, h)| h[0].bytes).sum::<u64>();
+    if bytes > target_bytes {
+        return Err(Error::Invalid(format!(
+            "the target {} bytes ({:.3} BPW) is below the smallest candidate types' {} bytes ({:.3} BPW)",
+            target_bytes,
+            target_bytes as f64 * 8.0 / sens.n_elements as f64,
+            bytes,
+            bytes as f64 * 8.0 / sens.n_elements as f64
+        )));
+    }
+    loop {
+        let mut best: Option<(usize, f64)> = None;
+        for (k, (_, h)) in hulls.iter().enumerate() {
+            let Some(next) = h.get(at[k] + 1) else {
+                continue;
+            };
+            let cur = h[at[k]];
+            let extra = next.bytes - cur.bytes;
+            if bytes + extra > target_bytes {
+                continue;
+            }
+            let gain = (cur.kld - next.kld) / extra.max(1) as f64;
+            if best.is_none_or(|(_, g)| gain > g) {
+                best = Some((k, gain));
+            }
+        }
+        let Some((k, _)) = best else { break };
+        let h = &hulls[k].1;
+        bytes += h[at[k] + 1].bytes - h[at[k]].bytes;
+        at[k] += 1;
+    }
+    let mut tensors = BTreeMap::new();
+    let mut estimated_kld = 0.0;
+    for (k, (name, h)) in hulls.iter().enumerate() {
+        tensors.insert((*name).clone(), h[at[k]].ty.clone());
+        estimated_kld += h[at[k]].kld;
+    }
+    Ok(Recipe {
+        target_bytes,
+        bytes,
+        estimated_kld,
+        tensors,
+        sensitivity: Some(sens.clone()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cand(ty: &str, bytes: u64, kld: f64) -> Candidate {
+        Candidate {
+            ty: ty.into(),
+            bytes,
+            kld,
+        }
+    }
+
+    #[test]
+    fn greedy_spends_bytes_where_they_buy_most() {
+        let mut tensors = BTreeMap::new();
+        // a: sensitive; b: insensitive. Both 100 bytes at Q4, 150 at Q6.
+        tensors.insert(
+            "a".to_string(),
+            vec![cand("Q4_K", 100, 0.10), cand("Q6_K", 150, 0.01)],
+        );
+        tensors.insert(
+            "b".to_string(),
+            vec![cand("Q4_K", 100, 0.02), cand("Q6_K", 150, 0.001)],
+        );
+        let sens = Sensitivity {
+            tensors,
+            fixed_bytes: 10,
+            n_elements: 400,
+        };
+        let r = choose(&sens, 260).unwrap();
+        assert_eq!(r.tensors["a"], "Q6_K");
+        assert_eq!(r.tensors["b"], "Q4_K");
+        assert_eq!(r.bytes, 260);
+        assert!(choose(&sens, 150).is_err());
+        let all = choose(&sens, 1000).unwrap();
+        assert_eq!(all.bytes, 310);
+    }
+
+    #[test]
+    fn dominated_candidates_are_never_chosen() {
+        let mut tensors = BTreeMap::new();
+        tensors.insert(
+            "a".to_string(),
+            vec![
+                cand("Q3_K", 80, 0.2),
+                cand("Q4_K", 100, 0.3),
+                cand("Q5_K", 120, 0.1),
+            ],
+        );
+        let sens = Sensitivity {
+            tensors,
+            fixed_bytes: 0,
+            n_elements: 100,
+        };
+        assert_eq!(choose(&sens, 110).unwrap().tensors["a"], "Q3_K");
+        assert_eq!(choose(&sens, 120).unwrap().tensors["a"], "Q5_K");
+    }
+}
