@@ -131,7 +131,7 @@ pub fn tensors(spec: &SynthSpec, n_vocab: usize) -> Vec<SynthTensor> {
     let mut add = |name: String, dims: &[u64], ty: GgmlType, init: Init| {
         // Rows that are not whole blocks of the type stay F32, as llama-quantize does.
         let ty = match ty.block_size() {
-            Some(b) if dims[0] % b as u64 == 0 => ty,
+            Some(b) if dims[0].is_multiple_of(b as u64) => ty,
             _ => GgmlType::F32,
         };
         out.push(SynthTensor {
