@@ -4,14 +4,19 @@
 # experts per token, decode speed (tg128), perplexity and mean KL divergence from the model's own
 # expert count, on the tiny Qwen3-MoE's held-out text and on wikitext-2. For each calibrated row
 # it also gives the KLD of the fixed cut at the same average experts (linear between the two
-# nearest fixed k), which is what the dynamic rule has to beat.
+# nearest fixed k), which is what the dynamic rule has to beat. The table is also written to
+# the run's directory as pareto.md.
 #
 #   scripts/moe-pareto.sh [-t THREADS] [-w WIKI_CHUNKS] [-r REPS] [-b "BUDGETS"] [MODEL.gguf]
 #
 #   -t  threads for every run (default 2)
 #   -w  chunks of 512 tokens of wikitext-2 to score (default 20)
-#   -r  rounds of the tg128 bench (default 5): each round runs every row once
+#   -r  rounds of the tg128 bench (default 5): each round runs every row once in turn, so that
+#       background load falls on all rows alike; the table gives the median over rounds and the
+#       median of the per-round ratios to top-4 (scripts/lib/moe_pareto_table.py, which can
+#       redo the table from a finished run's directory)
 #   -b  KLD budgets to calibrate for (default "0.0025 0.005 0.01 0.02 0.04")
+#   SPEED_ONLY=target/moe-pareto/<time>  redo only the speed rounds and the table of a finished run
 #   RULE=auto|top_p|rel_mass|ratio  the calibrated rule kinds to try (default rel_mass, which
 #       `RULE=auto` found best on this model; auto triples the calibration time)
 #
@@ -49,39 +54,45 @@ done
 
 (cd "$ROOT" && cargo build --release --quiet >&2)
 D="$ROOT/target/release/dsrun"
-W="$ROOT/target/moe-pareto/$(date -u +%Y%m%dT%H%M%SZ)"
-mkdir -p "$W"
-echo "working in $W" >&2
+if [[ -n "${SPEED_ONLY:-}" ]]; then
+    W="$SPEED_ONLY"
+    [[ -f "$W/rows.txt" ]] || { echo "error: $W/rows.txt not found" >&2; exit 2; }
+    rm -f "$W"/*-bench-*.json "$W/bench.err"
+else
+    W="$ROOT/target/moe-pareto/$(date -u +%Y%m%dT%H%M%SZ)"
+    mkdir -p "$W"
+    echo "working in $W" >&2
 
-C="$SHARED/corpora"
-for f in "$C/janeausten/persuasion.txt" "$C/mobydick/mobydick.txt" \
-         "$C/shakespeare/shakespeare_complete_gut.txt" "$C/jargon/jargon.txt"; do
-    head -c 314000 "$f" | tail -c 14000; echo
-done > "$W/calib.txt"
+    C="$SHARED/corpora"
+    for f in "$C/janeausten/persuasion.txt" "$C/mobydick/mobydick.txt" \
+             "$C/shakespeare/shakespeare_complete_gut.txt" "$C/jargon/jargon.txt"; do
+        head -c 314000 "$f" | tail -c 14000; echo
+    done > "$W/calib.txt"
 
-# The references: the model's own expert count.
-"$D" perplexity -m "$MODEL" -t "$THREADS" -f "$HELDOUT" --kl-divergence-base "$W/heldout.kld" > "$W/base-heldout.log" 2>&1
-"$D" perplexity -m "$MODEL" -t "$THREADS" -f "$WIKI" --chunks "$WIKI_CHUNKS" --kl-divergence-base "$W/wiki.kld" > "$W/base-wiki.log" 2>&1
+    # The references: the model's own expert count.
+    "$D" perplexity -m "$MODEL" -t "$THREADS" -f "$HELDOUT" --kl-divergence-base "$W/heldout.kld" > "$W/base-heldout.log" 2>&1
+    "$D" perplexity -m "$MODEL" -t "$THREADS" -f "$WIKI" --chunks "$WIKI_CHUNKS" --kl-divergence-base "$W/wiki.kld" > "$W/base-wiki.log" 2>&1
 
-# Quality of one row: NAME MODEL_FILE [dsrun flags...]; its flags are kept for the speed pass.
-quality() {
-    local name="$1" m="$2"; shift 2
-    echo "$name $m $*" >> "$W/rows.txt"
-    "$D" perplexity -m "$m" -t "$THREADS" --kl-divergence --kl-divergence-base "$W/heldout.kld" "$@" > "$W/$name-heldout.log" 2>&1
-    "$D" perplexity -m "$m" -t "$THREADS" --kl-divergence --kl-divergence-base "$W/wiki.kld" "$@" > "$W/$name-wiki.log" 2>&1
-}
+    # Quality of one row: NAME MODEL_FILE [dsrun flags...]; its flags are kept for the speed pass.
+    quality() {
+        local name="$1" m="$2"; shift 2
+        echo "$name $m $*" >> "$W/rows.txt"
+        "$D" perplexity -m "$m" -t "$THREADS" --kl-divergence --kl-divergence-base "$W/heldout.kld" "$@" > "$W/$name-heldout.log" 2>&1
+        "$D" perplexity -m "$m" -t "$THREADS" --kl-divergence --kl-divergence-base "$W/wiki.kld" "$@" > "$W/$name-wiki.log" 2>&1
+    }
 
-: > "$W/rows.txt"
-for k in 1 2 3 4 5 6 7 8; do
-    echo "fixed top-$k" >&2
-    quality "k$k" "$MODEL" --moe-top-k "$k"
-done
-for b in $BUDGETS; do
-    echo "calibrating for mean KLD $b" >&2
-    "$D" calibrate -m "$MODEL" -t "$THREADS" -f "$W/calib.txt" --kld-budget "$b" --rule "$RULE" \
-        -o "$W/calibrated-$b.gguf" > "$W/calibrate-$b.md" 2> "$W/calibrate-$b.log"
-    quality "cal$b" "$W/calibrated-$b.gguf"
-done
+    : > "$W/rows.txt"
+    for k in 1 2 3 4 5 6 7 8; do
+        echo "fixed top-$k" >&2
+        quality "k$k" "$MODEL" --moe-top-k "$k"
+    done
+    for b in $BUDGETS; do
+        echo "calibrating for mean KLD $b" >&2
+        "$D" calibrate -m "$MODEL" -t "$THREADS" -f "$W/calib.txt" --kld-budget "$b" --rule "$RULE" \
+            -o "$W/calibrated-$b.gguf" > "$W/calibrate-$b.md" 2> "$W/calibrate-$b.log"
+        quality "cal$b" "$W/calibrated-$b.gguf"
+    done
+fi
 
 # Speed: rounds over all rows, one tg128 each (after its own warm-up), so that background load
 # falls on every row alike.
@@ -94,46 +105,5 @@ for r in $(seq "$REPS"); do
     done < "$W/rows.txt"
 done
 
-python3 - "$W" "$REPS" <<'EOF' | tee "$W/pareto.md"
-import json, re, statistics, sys
-w, reps = sys.argv[1], int(sys.argv[2])
-def grab(path, pat):
-    m = re.search(pat, open(path).read())
-    return m.group(1) if m else "nan"
-rows = []
-for line in open(f"{w}/rows.txt"):
-    name = line.split()[0]
-    h, wk = f"{w}/{name}-heldout.log", f"{w}/{name}-wiki.log"
-    runs = [json.load(open(f"{w}/{name}-bench-{r}.json"))[0] for r in range(1, reps + 1)]
-    ts = [b["avg_ts"] for b in runs]
-    sd = statistics.stdev(ts) if len(ts) > 1 else 0.0
-    rows.append([name,
-        grab(h, r"Experts per token: ([0-9.]+)"),
-        f"{statistics.mean(ts):.1f} ± {sd:.1f}", f"{runs[0]['moe_avg_experts']:.2f}",
-        grab(h, r"Mean PPL\(Q\)\s*: ([0-9.]+)"), grab(h, r"Mean\s+KLD: ([0-9.]+)"),
-        grab(wk, r"Mean PPL\(Q\)\s*: ([0-9.]+)"), grab(wk, r"Mean\s+KLD: ([0-9.]+)"),
-        grab(wk, r"Experts per token: ([0-9.]+)")])
-fixed = sorted((float(r[1]), float(r[5]), float(r[8])) for r in rows if r[0].startswith("k"))
-full = next(r for r in rows if r[0] == "k4")
-full_tg = float(full[2].split()[0])
-def interp(x, col):
-    pts = [(f[0], f[1 + col]) for f in fixed]
-    for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
-        if x0 <= x <= x1:
-            return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
-    return float("nan")
-print("| rule | experts/token (held-out) | tg128 t/s | vs top-4 | held-out PPL | held-out KLD | fixed-k KLD at same experts | wikitext-2 PPL | wikitext-2 KLD | fixed-k KLD at same experts |")
-print("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
-for r in rows:
-    name, exp, tg, tg_exp, ph, kh, pw, kw, ew = r
-    label = f"fixed top-{name[1:]}" if name.startswith("k") else f"calibrated, budget {name[3:]}"
-    if name.startswith("k"):
-        fh = fw = ""
-    else:
-        fh = f"{interp(float(exp), 0):.5f}"
-        fw = f"{interp(float(ew), 1):.5f}"
-    speed = float(tg.split()[0]) / full_tg
-    exp_s = exp if name.startswith("k") else f"{float(exp):.2f} (wiki {float(ew):.2f}, tg128 {tg_exp})"
-    print(f"| {label} | {exp_s} | {tg} | {speed:.2f} | {float(ph):.2f} | {float(kh):.5f} | {fh} | {float(pw):.2f} | {float(kw):.5f} | {fw} |")
-EOF
+python3 "$ROOT/scripts/lib/moe_pareto_table.py" "$W" "$REPS" | tee "$W/pareto.md"
 echo "calibration reports: $W/calibrate-*.md" >&2

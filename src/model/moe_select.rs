@@ -4,6 +4,12 @@
 //! (qwen3moe: the chosen probabilities normalised over the chosen), so a rule here never changes
 //! how weights are formed, only how many experts there are.
 //!
+//! For other routing variants: `scores` must be non-negative and ordered as the router ranks
+//! experts. Where an architecture takes the top-k of raw logits and then a softmax over the chosen
+//! (mixtral), pass the softmax of all logits here (the same order, and a gate mass that top-p can
+//! read), then weight the chosen by the architecture's rule; sigmoid scores (deepseek2) work as
+//! they are, their mass being read as a share of their sum.
+//!
 //! Rules: the model's own top-k (the default, bit for bit what the file asks for), a fixed top-k,
 //! top-p (the fewest experts whose share of the gate mass reaches P), and a calibrated rule with
 //! one threshold per layer learned by `dsrun calibrate` (see `moe_calibration`). Every rule is
