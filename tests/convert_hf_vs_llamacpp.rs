@@ -5,26 +5,18 @@
 
 mod common;
 
+use common::dsrun;
+
 use dsrun::gguf::GgufFile;
 use dsrun_quantize::llama::LlamaModel;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 fn hf_dir() -> PathBuf {
     common::models_dir().join("tiny-qwen3moe/hf")
 }
 
 fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("dsrun-convert-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
-}
-
-fn dsrun(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_dsrun"))
-        .args(args)
-        .output()
-        .unwrap()
+    common::scratch("convert-test", name)
 }
 
 fn convert(input: &Path, ftype: &str) -> PathBuf {

@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::dsrun;
+
 use dsrun::engine::{Model, Session};
 use dsrun::gguf::GgufFile;
 use dsrun::model::forward::forward;
@@ -12,7 +14,6 @@ use dsrun::model::moe_calibration::{CalibKind, MoeCalibration};
 use dsrun::model::moe_select::{MoeConfig, MoeRule};
 use dsrun::model::KvCache;
 use dsrun_quantize::llama::{LlamaContext, LlamaModel};
-use std::process::Command;
 use std::sync::Arc;
 
 const TEXT: &str = "It is a truth universally acknowledged, that a single man in possession of a good fortune must be in want of a wife.";
@@ -79,13 +80,6 @@ fn the_models_own_k_is_unchanged_bit_for_bit() {
     let (_, avg) = logits(&model, rule(MoeRule::TopP(0.5), None, None), &ids);
     let avg = avg.unwrap();
     assert!(avg > 1.0 && avg < 4.0, "top-p 0.5: {avg} experts/token");
-}
-
-fn dsrun(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_dsrun"))
-        .args(args)
-        .output()
-        .unwrap()
 }
 
 /// The one stderr line of a failed command.

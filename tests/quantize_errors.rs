@@ -4,8 +4,10 @@
 
 mod common;
 
+use common::dsrun;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 fn scratch_dir(name: &str) -> PathBuf {
@@ -16,13 +18,6 @@ fn scratch_dir(name: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
-}
-
-fn dsrun(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_dsrun"))
-        .args(args)
-        .output()
-        .unwrap()
 }
 
 /// Runs `dsrun quantize -q IN OUT TYPE`, expects failure with one line containing `expect`, and

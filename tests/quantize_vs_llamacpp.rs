@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::dsrun;
+
 use dsrun_quantize::llama::{LlamaContext, LlamaModel};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -19,16 +21,7 @@ fn llama_quantize() -> PathBuf {
 }
 
 fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("dsrun-quantize-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
-}
-
-fn dsrun(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_dsrun"))
-        .args(args)
-        .output()
-        .unwrap()
+    common::scratch("quantize-test", name)
 }
 
 /// dsrun and llama-quantize on the same input and preset; returns dsrun's output path.

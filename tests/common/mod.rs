@@ -30,3 +30,19 @@ pub const TINY_Q4KM: &str = "tiny-qwen3moe/tiny-qwen3moe-q4_k_m.gguf";
 pub const ALL_MODELS: &[&str] = &[
     SMOLLM2, GEMMA3, QWEN05, QWEN15, TINY_F16, TINY_Q8, TINY_Q4KM,
 ];
+
+/// Runs the dsrun binary built for these tests with `args`; stdin is empty.
+pub fn dsrun(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_dsrun"))
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// `name` in a scratch folder of this test process (`tag` tells the test files apart).
+pub fn scratch(tag: &str, name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("dsrun-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
