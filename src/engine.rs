@@ -7,7 +7,7 @@ use crate::gguf::GgufFile;
 use crate::model::forward::forward_moe;
 use crate::model::moe_calibration::MoeCalibration;
 use crate::model::moe_select::{MoeConfig, MoeState};
-use crate::model::{HParams, KvCache, Weights};
+use crate::model::{HParams, KvCache, KvTypes, Weights};
 use crate::sampling::Sampler;
 use crate::tokenizer::Tokenizer;
 use std::ops::ControlFlow;
@@ -105,6 +105,15 @@ impl<'m, 'a> Session<'m, 'a> {
             tokens: Vec::new(),
             moe: MoeState::default(),
         })
+    }
+
+    /// Stores K and V as `types` from now on (the cache starts empty again).
+    pub fn set_kv_types(&mut self, types: KvTypes) -> Result<()> {
+        let hp = &self.model.hp;
+        let kv_dim = hp.n_head_kv * hp.head_dim;
+        self.kv = KvCache::with_types(hp.n_layer, self.kv.n_ctx, kv_dim, types)?;
+        self.tokens.clear();
+        Ok(())
     }
 
     /// Sets the expert selection after checking it against the model.

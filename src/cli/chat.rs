@@ -182,6 +182,7 @@ pub fn run(args: ChatArgs) -> Result<(), CliError> {
         session: {
             let mut s = Session::new(&model, n_ctx, args.model.batch_size)?;
             args.model.moe.apply(&mut s, false)?;
+            args.model.kv.apply(&mut s, false)?;
             s
         },
         template,

@@ -85,6 +85,7 @@ pub fn run(args: RunArgs) -> Result<(), CliError> {
     args.model
         .moe
         .apply(&mut session, args.quiet || args.json)?;
+    args.model.kv.apply(&mut session, args.quiet || args.json)?;
     let tok = &model.tokenizer;
     let ids = tok.encode(&prompt, true, true)?;
     if ids.len() >= n_ctx {
