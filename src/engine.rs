@@ -100,7 +100,12 @@ impl<'m, 'a> Session<'m, 'a> {
         let hp = &model.hp;
         Ok(Session {
             model,
-            kv: KvCache::new(hp.n_layer, n_ctx, hp.n_head_kv * hp.head_dim),
+            kv: KvCache::with_windows(
+                n_ctx,
+                hp.n_head_kv * hp.head_dim,
+                KvTypes::default(),
+                &layer_windows(hp),
+            )?,
             n_batch: n_batch.max(1),
             tokens: Vec::new(),
             moe: MoeState::default(),
@@ -111,7 +116,7 @@ impl<'m, 'a> Session<'m, 'a> {
     pub fn set_kv_types(&mut self, types: KvTypes) -> Result<()> {
         let hp = &self.model.hp;
         let kv_dim = hp.n_head_kv * hp.head_dim;
-        self.kv = KvCache::with_types(hp.n_layer, self.kv.n_ctx, kv_dim, types)?;
+        self.kv = KvCache::with_windows(self.kv.n_ctx, kv_dim, types, &layer_windows(hp))?;
         self.tokens.clear();
         Ok(())
     }
@@ -132,10 +137,11 @@ impl<'m, 'a> Session<'m, 'a> {
         self.tokens.clear();
     }
 
-    /// Drops cached tokens from position `n` on.
+    /// Drops cached tokens from position `n` on (all of them where sliding-window layers keep
+    /// only their window: see `tokens.len()` afterwards).
     pub fn truncate(&mut self, n: usize) {
         self.kv.truncate(n);
-        self.tokens.truncate(n);
+        self.tokens.truncate(self.kv.n_past);
     }
 
     /// Evaluates `tokens` after the cached ones, in batches; returns the logits of the last.
@@ -242,4 +248,11 @@ impl<'m, 'a> Session<'m, 'a> {
         st.gen_time = t1.elapsed();
         Ok(st)
     }
+}
+
+/// Per layer, the window a sliding-window layer's cache keeps (None: every position).
+pub fn layer_windows(hp: &HParams) -> Vec<Option<usize>> {
+    (0..hp.n_layer)
+        .map(|il| hp.sliding_window.filter(|_| hp.is_swa_layer(il)))
+        .collect()
 }

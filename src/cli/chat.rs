@@ -109,6 +109,7 @@ impl Chat<'_, '_> {
             .count()
             .min(ids.len() - 1);
         self.session.truncate(common);
+        let common = self.session.tokens.len();
         self.stop.store(false, Ordering::SeqCst);
         let mut dec = StreamDecoder::new(false);
         let tok = &self.session.model.tokenizer;

@@ -41,6 +41,15 @@ pub fn run(args: InfoArgs) -> Result<(), CliError> {
         writeln!(out, "{v}")?;
     } else {
         write_text(&mut out, &info)?;
+        // Where dsrun can run the model: the cache as it allocates it, per layer kind.
+        if let Ok(hp) = dsrun::model::HParams::from_gguf(&file) {
+            let n_ctx = args.ctx_size as usize;
+            writeln!(
+                out,
+                "dsrun {}",
+                super::kv::describe(&hp, n_ctx, args.kv.types()?)
+            )?;
+        }
         if args.verbose {
             write_verbose(&mut out, &file)?;
         }

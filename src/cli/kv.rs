@@ -2,8 +2,9 @@
 //! cache will take.
 
 use clap::Args;
-use dsrun::engine::{Model, Session};
+use dsrun::engine::{layer_windows, Session};
 use dsrun::model::kv_cache::{kv_bytes, parse_kv_type};
+use dsrun::model::HParams;
 use dsrun::model::KvTypes;
 
 #[derive(Args, Debug, Clone, Default)]
@@ -31,15 +32,18 @@ impl KvArgs {
             session.set_kv_types(types)?;
         }
         if !quiet {
-            eprintln!("dsrun: {}", describe(session.model, session.n_ctx(), types));
+            eprintln!(
+                "dsrun: {}",
+                describe(&session.model.hp, session.n_ctx(), types)
+            );
         }
         Ok(())
     }
 }
 
-/// "KV cache: 4096 tokens, K f16 + V f16, 48.0 MiB (24 layers × 2.0 MiB)".
-pub fn describe(model: &Model, n_ctx: usize, types: KvTypes) -> String {
-    let hp = &model.hp;
+/// "KV cache: 4096 tokens, K f16 + V f16, 48.0 MiB (24 layers × 2.0 MiB)", with global and
+/// sliding-window layers (which keep only their window) counted apart where the model has both.
+pub fn describe(hp: &HParams, n_ctx: usize, types: KvTypes) -> String {
     let kv_dim = hp.n_head_kv * hp.head_dim;
     let name = |t: dsrun::tensor::GgmlType| t.name().to_lowercase();
     let head = format!(
@@ -47,14 +51,33 @@ pub fn describe(model: &Model, n_ctx: usize, types: KvTypes) -> String {
         name(types.k),
         name(types.v)
     );
-    match kv_bytes(hp.n_layer, n_ctx, kv_dim, types) {
-        Some(b) => format!(
+    let Some(per_pos) = kv_bytes(1, 1, kv_dim, types) else {
+        return format!("{head}: {kv_dim} values per position are not whole blocks");
+    };
+    let windows = layer_windows(hp);
+    let n_local = windows
+        .iter()
+        .filter(|w| w.is_some_and(|w| w < n_ctx))
+        .count();
+    let n_global = hp.n_layer - n_local;
+    let global = per_pos * n_ctx as u64;
+    match hp.sliding_window.filter(|_| n_local > 0) {
+        None => format!(
             "{head}, {} ({} layers × {})",
-            mib(b),
-            hp.n_layer,
-            mib(b / hp.n_layer.max(1) as u64)
+            mib(global * n_global as u64),
+            n_global,
+            mib(global)
         ),
-        None => format!("{head}: {kv_dim} values per position are not whole blocks"),
+        Some(w) => {
+            let local = per_pos * w as u64;
+            format!(
+                "{head}, {} ({n_global} global layers × {} + {n_local} sliding-window layers \
+                 keeping {w} tokens × {})",
+                mib(global * n_global as u64 + local * n_local as u64),
+                mib(global),
+                mib(local)
+            )
+        }
     }
 }
 

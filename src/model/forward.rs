@@ -174,16 +174,10 @@ fn attention(
         rope.apply(&mut k[t * kv_dim..(t + 1) * kv_dim], hd, pos0 + t);
     }
     kv.rotate_in(&mut q, &mut k, &mut v, hd);
-    kv.store(il, pos0, &k, &v);
+    // The cached rows this batch can see, widened to f32 once per layer and batch rather than
+    // once per query and head; from position `base` on (0, or the window's start in a ring).
+    let (kc, vc, base) = kv.store_and_view(il, pos0, &k, &v);
     kv.round_queries(&mut q);
-
-    // The cached rows this batch can see, widened to f32 once per layer and batch (half's slice
-    // conversion uses F16C where the CPU has it) rather than once per query and head.
-    let seen = (pos0 + n) * kv_dim;
-    let mut kc = vec![0.0f32; seen];
-    let mut vc = vec![0.0f32; seen];
-    kv.widen_k(il, &mut kc);
-    kv.widen_v(il, &mut vc);
     // out: (n, n_head * hd)
     let mut out = vec![0.0f32; n * q_dim];
     let inp = AttnInput {
@@ -193,7 +187,8 @@ fn attention(
         n_head: hp.n_head,
         n_head_kv: hp.n_head_kv,
         head_dim: hd,
-        pos0,
+        // Masking depends on distances only, so positions may count from `base`.
+        pos0: pos0 - base,
         window: if swa { hp.sliding_window } else { None },
         scale: hp.scales.attention.unwrap_or(1.0 / (hd as f32).sqrt()),
         sinks: lw.sinks.as_deref(),

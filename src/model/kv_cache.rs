@@ -1,6 +1,11 @@
 //! The key/value cache: one (n_ctx, n_head_kv * head_dim) buffer per layer for K and one for V,
 //! indexed by position, each in its own type: f16 (llama.cpp's default), or q8_0 / q4_0 (its
 //! `-ctk` / `-ctv`), encoded with dsrun's bit-exact quantizers and widened to f32 for attention.
+//!
+//! A sliding-window layer (gemma3's local layers) keeps only its window: a ring of `w` rows,
+//! position `p` in slot `p % w`. A batch attends over the ring's rows of the `w - 1` positions
+//! before it and its own rows (rounded through the cache type exactly as storing and reading
+//! them back would), so the result is the same as with a full cache masked by the window.
 
 use half::f16;
 use half::slice::HalfFloatSliceExt;
@@ -54,7 +59,8 @@ struct Buf {
 }
 
 impl Buf {
-    fn new(ty: GgmlType, n_layer: usize, n_ctx: usize, kv_dim: usize) -> Result<Buf> {
+    /// Layer `il` holds `caps[il]` positions.
+    fn new(ty: GgmlType, caps: &[usize], kv_dim: usize) -> Result<Buf> {
         let row_bytes = ty
             .row_bytes(kv_dim as u64)
             .filter(|_| KV_TYPES.contains(&ty))
@@ -69,8 +75,9 @@ impl Buf {
         // Zeroed buffers come from the allocator's zeroed pages, which the OS maps only when
         // written: the cache costs resident memory for the positions used, not for n_ctx
         // (`vec![f16::ZERO; n]` wrote every element).
-        let rows = (0..n_layer)
-            .map(|_| match ty {
+        let rows = caps
+            .iter()
+            .map(|&n_ctx| match ty {
                 GgmlType::F16 => Rows::F16(vec![0u16; n_ctx * kv_dim].reinterpret_into::<f16>()),
                 _ => Rows::Quant(vec![0u8; n_ctx * row_bytes]),
             })
@@ -94,11 +101,36 @@ impl Buf {
     }
 
     fn widen(&self, il: usize, n_pos: usize, out: &mut [f32]) {
+        self.widen_from(il, 0, n_pos, out)
+    }
+
+    /// Widens `n_pos` rows from slot `slot` on.
+    fn widen_from(&self, il: usize, slot: usize, n_pos: usize, out: &mut [f32]) {
         match &self.rows[il] {
-            Rows::F16(d) => d[..out.len()].convert_to_f32_slice(out),
-            Rows::Quant(d) => quants::dequantize(self.ty, &d[..n_pos * self.row_bytes], out)
-                .expect("row size checked in KvCache::new"),
+            Rows::F16(d) => {
+                let a = slot * out.len() / n_pos.max(1);
+                d[a..a + out.len()].convert_to_f32_slice(out)
+            }
+            Rows::Quant(d) => {
+                let src = &d[slot * self.row_bytes..(slot + n_pos) * self.row_bytes];
+                quants::dequantize(self.ty, src, out).expect("row size checked in KvCache::new")
+            }
         }
+    }
+
+    /// `x` as storing it and reading it back gives.
+    fn round_trip(&self, x: &[f32], kv_dim: usize) -> Vec<f32> {
+        let mut out = vec![0.0f32; x.len()];
+        if self.ty == GgmlType::F16 {
+            for (o, &v) in out.iter_mut().zip(x) {
+                *o = f16::from_f32(v).to_f32();
+            }
+        } else {
+            let mut enc = vec![0u8; x.len() / kv_dim * self.row_bytes];
+            quants::quantize(self.ty, x, &mut enc).expect("row size checked in KvCache::new");
+            quants::dequantize(self.ty, &enc, &mut out).expect("row size checked");
+        }
+        out
     }
 }
 
@@ -107,6 +139,8 @@ pub struct KvCache {
     pub kv_dim: usize,
     k: Buf,
     v: Buf,
+    /// Per layer: `Some(w)` for a sliding-window layer kept as a ring of `w` positions.
+    windows: Vec<Option<usize>>,
     /// Positions 0..n_past hold valid entries.
     pub n_past: usize,
 }
@@ -125,13 +159,81 @@ impl KvCache {
         kv_dim: usize,
         types: KvTypes,
     ) -> Result<KvCache> {
+        Self::with_windows(n_ctx, kv_dim, types, &vec![None; n_layer])
+    }
+
+    /// A cache with one entry of `windows` per layer: `Some(w)` keeps only the last `w`
+    /// positions of that layer (a ring), for layers whose queries see only that far back.
+    /// Windows of `n_ctx` or more keep everything.
+    pub fn with_windows(
+        n_ctx: usize,
+        kv_dim: usize,
+        types: KvTypes,
+        windows: &[Option<usize>],
+    ) -> Result<KvCache> {
+        let windows: Vec<Option<usize>> = windows
+            .iter()
+            .map(|w| w.filter(|&w| w > 0 && w < n_ctx))
+            .collect();
+        let caps: Vec<usize> = windows.iter().map(|w| w.unwrap_or(n_ctx)).collect();
         Ok(KvCache {
             n_ctx,
             kv_dim,
-            k: Buf::new(types.k, n_layer, n_ctx, kv_dim)?,
-            v: Buf::new(types.v, n_layer, n_ctx, kv_dim)?,
+            k: Buf::new(types.k, &caps, kv_dim)?,
+            v: Buf::new(types.v, &caps, kv_dim)?,
+            windows,
             n_past: 0,
         })
+    }
+
+    /// The ring size of layer `il`, if it keeps only a window.
+    pub fn window(&self, il: usize) -> Option<usize> {
+        self.windows[il]
+    }
+
+    /// Stores the batch's K and V rows (positions `pos0..pos0 + n`) of layer `il` and returns
+    /// the rows its queries may see, widened to f32, as (k, v, first position): every position
+    /// from 0 for a full layer, the `w - 1` before the batch and the batch for a ring layer.
+    pub fn store_and_view(
+        &mut self,
+        il: usize,
+        pos0: usize,
+        k: &[f32],
+        v: &[f32],
+    ) -> (Vec<f32>, Vec<f32>, usize) {
+        let kv_dim = self.kv_dim;
+        let n = k.len() / kv_dim;
+        let Some(w) = self.windows[il] else {
+            self.store(il, pos0, k, v);
+            let mut kc = vec![0.0f32; (pos0 + n) * kv_dim];
+            let mut vc = vec![0.0f32; (pos0 + n) * kv_dim];
+            self.widen_k(il, &mut kc);
+            self.widen_v(il, &mut vc);
+            return (kc, vc, 0);
+        };
+        let base = pos0.saturating_sub(w - 1);
+        let mut kc = vec![0.0f32; (pos0 - base) * kv_dim];
+        let mut vc = vec![0.0f32; (pos0 - base) * kv_dim];
+        // Positions base..pos0 from the ring, in at most two runs of slots.
+        let mut p = base;
+        while p < pos0 {
+            let slot = p % w;
+            let run = (w - slot).min(pos0 - p);
+            let o = (p - base) * kv_dim..(p - base + run) * kv_dim;
+            self.k.widen_from(il, slot, run, &mut kc[o.clone()]);
+            self.v.widen_from(il, slot, run, &mut vc[o]);
+            p += run;
+        }
+        kc.extend(self.k.round_trip(k, kv_dim));
+        vc.extend(self.v.round_trip(v, kv_dim));
+        // The batch's last w rows into the ring.
+        for t in n.saturating_sub(w)..n {
+            let slot = (pos0 + t) % w;
+            let r = t * kv_dim..(t + 1) * kv_dim;
+            self.k.store(il, slot, kv_dim, &k[r.clone()]);
+            self.v.store(il, slot, kv_dim, &v[r]);
+        }
+        (kc, vc, base)
     }
 
     pub fn types(&self) -> KvTypes {
@@ -145,8 +247,13 @@ impl KvCache {
         self.n_past = 0;
     }
 
-    /// Forgets everything from position `n` on (to rewind or to reuse a shared prefix).
+    /// Forgets everything from position `n` on (to rewind or to reuse a shared prefix). A ring
+    /// layer has overwritten the rows a rewind would need, so with one the cache empties
+    /// instead: check `n_past` afterwards.
     pub fn truncate(&mut self, n: usize) {
+        if n < self.n_past && self.windows.iter().any(Option::is_some) {
+            self.n_past = 0;
+        }
         self.n_past = self.n_past.min(n);
     }
 
@@ -202,10 +309,10 @@ impl KvCache {
         self.v.widen(il, out.len() / self.kv_dim, out)
     }
 
-    /// Bytes the whole cache takes (K and V, every layer, `n_ctx` positions).
+    /// Bytes the whole cache takes (K and V, every layer, `n_ctx` positions or its window).
     pub fn bytes(&self) -> usize {
-        let layers = self.k.rows.len();
-        layers * self.n_ctx * (self.k.row_bytes + self.v.row_bytes)
+        let positions: usize = self.windows.iter().map(|w| w.unwrap_or(self.n_ctx)).sum();
+        positions * (self.k.row_bytes + self.v.row_bytes)
     }
 }
 
@@ -323,6 +430,49 @@ mod tests {
             (Some(64), None)
         );
         assert_eq!(rot_v(GgmlType::Q4_0, 96), None);
+    }
+
+    /// A ring layer gives exactly the rows of positions `max(0, pos0 + 1 - w)..pos0 + n`, the
+    /// values of those positions (never a slot not yet written or already overwritten): from the
+    /// first token, across the moment the window fills, and long after; batches smaller and
+    /// larger than the window. Each position's row is its own constant, as the type rounds it.
+    #[test]
+    fn ring_views_hold_exactly_the_window() {
+        let (kv_dim, w) = (32, 5);
+        let row = |p: usize, sign: f32| vec![sign * (p % 100) as f32; kv_dim];
+        for t in ["f16", "q8_0"] {
+            let mut c = KvCache::with_windows(64, kv_dim, types(t, t), &[Some(w), None]).unwrap();
+            assert_eq!(c.bytes(), (w + 64) * 2 * c.k.row_bytes);
+            let mut pos0 = 0;
+            for n in [1, 1, 2, 1, 3, 7, 1, 1, 4, 12, 1, 2] {
+                let k: Vec<f32> = (pos0..pos0 + n).flat_map(|p| row(p, 1.0)).collect();
+                let v: Vec<f32> = (pos0..pos0 + n).flat_map(|p| row(p, -1.0)).collect();
+                let (kc, vc, base) = c.store_and_view(0, pos0, &k, &v);
+                assert_eq!(base, (pos0 + 1).saturating_sub(w), "{t} at {pos0}");
+                let want_k: Vec<f32> = (base..pos0 + n).flat_map(|p| row(p, 1.0)).collect();
+                let want_v: Vec<f32> = (base..pos0 + n).flat_map(|p| row(p, -1.0)).collect();
+                assert_eq!(
+                    kc,
+                    c.k.round_trip(&want_k, kv_dim),
+                    "{t}: K at {pos0} + {n}"
+                );
+                assert_eq!(
+                    vc,
+                    c.v.round_trip(&want_v, kv_dim),
+                    "{t}: V at {pos0} + {n}"
+                );
+                let (kf, _, b) = c.store_and_view(1, pos0, &k, &v);
+                assert_eq!(
+                    (b, kf.len()),
+                    (0, (pos0 + n) * kv_dim),
+                    "{t}: the full layer"
+                );
+                pos0 += n;
+            }
+            c.n_past = pos0;
+            c.truncate(pos0 - 3);
+            assert_eq!(c.n_past, 0, "a ring cannot rewind: the cache empties");
+        }
     }
 
     #[test]
