@@ -85,7 +85,6 @@ pub fn run(args: RunArgs) -> Result<(), CliError> {
     args.model
         .moe
         .apply(&mut session, args.quiet || args.json)?;
-    args.model.kv.apply(&mut session, args.quiet || args.json)?;
     let tok = &model.tokenizer;
     let ids = tok.encode(&prompt, true, true)?;
     if ids.len() >= n_ctx {
@@ -95,6 +94,7 @@ pub fn run(args: RunArgs) -> Result<(), CliError> {
         ))
         .into());
     }
+    args.model.kv.apply(&mut session, args.quiet || args.json)?;
     let cfg = args.sample.config();
     let seed = cfg.seed;
     let mut sampler = Sampler::new(cfg);
