@@ -7,7 +7,7 @@ use crate::gguf::GgufFile;
 use crate::model::forward::forward_moe;
 use crate::model::moe_calibration::MoeCalibration;
 use crate::model::moe_select::{MoeConfig, MoeState};
-use crate::model::{HParams, KvCache, Weights};
+use crate::model::{HParams, KvCache, KvTypes, Weights};
 use crate::sampling::Sampler;
 use crate::tokenizer::Tokenizer;
 use std::ops::ControlFlow;
@@ -100,11 +100,25 @@ impl<'m, 'a> Session<'m, 'a> {
         let hp = &model.hp;
         Ok(Session {
             model,
-            kv: KvCache::new(hp.n_layer, n_ctx, hp.n_head_kv * hp.head_dim),
+            kv: KvCache::with_windows(
+                n_ctx,
+                hp.n_head_kv * hp.head_dim,
+                KvTypes::default(),
+                &layer_windows(hp),
+            )?,
             n_batch: n_batch.max(1),
             tokens: Vec::new(),
             moe: MoeState::default(),
         })
+    }
+
+    /// Stores K and V as `types` from now on (the cache starts empty again).
+    pub fn set_kv_types(&mut self, types: KvTypes) -> Result<()> {
+        let hp = &self.model.hp;
+        let kv_dim = hp.n_head_kv * hp.head_dim;
+        self.kv = KvCache::with_windows(self.kv.n_ctx, kv_dim, types, &layer_windows(hp))?;
+        self.tokens.clear();
+        Ok(())
     }
 
     /// Sets the expert selection after checking it against the model.
@@ -123,10 +137,11 @@ impl<'m, 'a> Session<'m, 'a> {
         self.tokens.clear();
     }
 
-    /// Drops cached tokens from position `n` on.
+    /// Drops cached tokens from position `n` on (all of them where sliding-window layers keep
+    /// only their window: see `tokens.len()` afterwards).
     pub fn truncate(&mut self, n: usize) {
         self.kv.truncate(n);
-        self.tokens.truncate(n);
+        self.tokens.truncate(self.kv.n_past);
     }
 
     /// Evaluates `tokens` after the cached ones, in batches; returns the logits of the last.
@@ -233,4 +248,11 @@ impl<'m, 'a> Session<'m, 'a> {
         st.gen_time = t1.elapsed();
         Ok(st)
     }
+}
+
+/// Per layer, the window a sliding-window layer's cache keeps (None: every position).
+pub fn layer_windows(hp: &HParams) -> Vec<Option<usize>> {
+    (0..hp.n_layer)
+        .map(|il| hp.sliding_window.filter(|_| hp.is_swa_layer(il)))
+        .collect()
 }

@@ -29,9 +29,30 @@ fn info_on_the_tiny_moe() {
     assert!(out.contains("Q4_K") && out.contains("Q6_K"), "{out}");
     // 6 layers x 4096 tokens x 2 kv heads x (32 + 32) dims x 2 bytes = 6 MiB
     assert!(
-        out.contains("f16 KV cache for 4096 tokens 6.0 MiB"),
+        out.contains("f16/f16 KV cache for 4096 tokens 6.0 MiB"),
         "{out}"
     );
+    // q8_0: 34 bytes per 32 values, so 6 x 4096 x 2 x (34 + 34) bytes = 3.19 MiB; llama.cpp's
+    // spelling -ctk/-ctv works too.
+    let args = [
+        "info",
+        p.to_str().unwrap(),
+        "-c",
+        "4096",
+        "-ctk",
+        "q8_0",
+        "-ctv",
+        "q8_0",
+    ];
+    let (code, out, err) = dsrun(&args);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("q8_0/q8_0 KV cache for 4096 tokens 3.2 MiB"),
+        "{out}"
+    );
+    let (code, _, err) = dsrun(&["info", p.to_str().unwrap(), "--cache-type-k", "q5_k"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("unknown KV cache type \"q5_k\""), "{err}");
 
     let (code, out, _) = dsrun(&["info", "--json", p.to_str().unwrap()]);
     assert_eq!(code, 0);

@@ -176,6 +176,19 @@ impl<'m> LlamaContext<'m> {
         n_threads: i32,
         flash_attn: bool,
     ) -> Result<Self, String> {
+        Self::with_kv_types(model, n_ctx, n_batch, n_threads, flash_attn, (1, 1))
+    }
+
+    /// [`LlamaContext::with_flash_attn`] with the K and V cache types `(type_k, type_v)` as
+    /// ggml type ids (1 = f16, 8 = q8_0, 2 = q4_0; a quantized V needs flash attention).
+    pub fn with_kv_types(
+        model: &'m LlamaModel,
+        n_ctx: u32,
+        n_batch: u32,
+        n_threads: i32,
+        flash_attn: bool,
+        (type_k, type_v): (u32, u32),
+    ) -> Result<Self, String> {
         // SAFETY: default params are plain data; the model is valid and outlives the context.
         let ctx = unsafe {
             let mut p = sys::llama_context_default_params();
@@ -186,6 +199,8 @@ impl<'m> LlamaContext<'m> {
             p.n_threads = n_threads;
             p.n_threads_batch = n_threads;
             p.no_perf = true;
+            p.type_k = type_k as sys::ggml_type;
+            p.type_v = type_v as sys::ggml_type;
             if !flash_attn {
                 p.flash_attn_type = sys::LLAMA_FLASH_ATTN_TYPE_DISABLED;
             }

@@ -9,6 +9,7 @@ use clap::Args;
 use dsrun::engine::{Model, Session};
 use dsrun::gguf::GgufFile;
 use dsrun::model::moe_select::{MoeConfig, MoeStats};
+use dsrun::model::KvTypes;
 use dsrun::Error;
 use std::io::Write;
 use std::path::PathBuf;
@@ -49,6 +50,8 @@ pub struct BenchArgs {
     pub output: String,
     #[command(flatten)]
     pub moe: MoeArgs,
+    #[command(flatten)]
+    pub kv: super::kv::KvArgs,
 }
 
 struct Result1 {
@@ -104,7 +107,7 @@ fn tokens(n: usize, n_vocab: usize, seed: u64) -> Vec<u32> {
 
 fn run_test(
     model: &Model,
-    moe: &MoeConfig,
+    (moe, kv): (&MoeConfig, KvTypes),
     experts: &mut MoeStats,
     n_ctx: usize,
     batch: usize,
@@ -113,6 +116,7 @@ fn run_test(
 ) -> Result<u128, Error> {
     let mut s = Session::new(model, n_ctx, batch)?;
     s.set_moe(moe.clone())?;
+    s.set_kv_types(kv)?;
     s.moe.stats = std::mem::take(experts);
     let nv = model.hp.n_vocab;
     let t0 = Instant::now();
@@ -135,6 +139,11 @@ pub fn run(args: BenchArgs) -> Result<(), CliError> {
     let (moe, what) = args.moe.config(&model)?;
     if let Some(w) = what.filter(|_| !moe.is_model_default()) {
         eprintln!("dsrun bench: {w}");
+    }
+    let kv = args.kv.types()?;
+    if kv != KvTypes::default() {
+        let n = |t: dsrun::tensor::GgmlType| t.name().to_lowercase();
+        eprintln!("dsrun bench: KV cache K {} + V {}", n(kv.k), n(kv.v));
     }
     let threads = if args.threads.is_empty() {
         vec![std::thread::available_parallelism().map_or(1, |n| n.get())]
@@ -166,9 +175,19 @@ pub fn run(args: BenchArgs) -> Result<(), CliError> {
             let mut experts = MoeStats::default();
             let samples = pool.install(|| -> Result<Vec<u128>, Error> {
                 let mut warm = MoeStats::default();
-                run_test(&model, &moe, &mut warm, n_ctx, args.batch_size, p, n)?;
+                run_test(&model, (&moe, kv), &mut warm, n_ctx, args.batch_size, p, n)?;
                 (0..args.reps.max(1))
-                    .map(|_| run_test(&model, &moe, &mut experts, n_ctx, args.batch_size, p, n))
+                    .map(|_| {
+                        run_test(
+                            &model,
+                            (&moe, kv),
+                            &mut experts,
+                            n_ctx,
+                            args.batch_size,
+                            p,
+                            n,
+                        )
+                    })
                     .collect()
             })?;
             let r = Result1 {

@@ -109,6 +109,7 @@ impl Chat<'_, '_> {
             .count()
             .min(ids.len() - 1);
         self.session.truncate(common);
+        let common = self.session.tokens.len();
         self.stop.store(false, Ordering::SeqCst);
         let mut dec = StreamDecoder::new(false);
         let tok = &self.session.model.tokenizer;
@@ -182,6 +183,7 @@ pub fn run(args: ChatArgs) -> Result<(), CliError> {
         session: {
             let mut s = Session::new(&model, n_ctx, args.model.batch_size)?;
             args.model.moe.apply(&mut s, false)?;
+            args.model.kv.apply(&mut s, false)?;
             s
         },
         template,

@@ -23,6 +23,8 @@ pub struct ModelArgs {
     pub threads: Option<usize>,
     #[command(flatten)]
     pub moe: MoeArgs,
+    #[command(flatten)]
+    pub kv: super::kv::KvArgs,
 }
 
 impl ModelArgs {

@@ -14,6 +14,8 @@ pub struct InfoArgs {
     /// Context length for the memory estimate (tokens of KV cache)
     #[arg(short = 'c', long = "ctx-size", default_value_t = 4096)]
     pub ctx_size: u64,
+    #[command(flatten)]
+    pub kv: super::kv::KvArgs,
     /// Print one JSON object instead of text
     #[arg(long)]
     pub json: bool,
@@ -24,7 +26,7 @@ pub struct InfoArgs {
 
 pub fn run(args: InfoArgs) -> Result<(), CliError> {
     let file = GgufFile::open(&args.model)?;
-    let info = ModelInfo::from_gguf(&file, args.ctx_size)?;
+    let info = ModelInfo::from_gguf_kv(&file, args.ctx_size, args.kv.types()?)?;
     let mut out = std::io::stdout().lock();
     if args.json {
         let mut v = serde_json::to_value(&info).expect("ModelInfo serializes");
@@ -39,6 +41,15 @@ pub fn run(args: InfoArgs) -> Result<(), CliError> {
         writeln!(out, "{v}")?;
     } else {
         write_text(&mut out, &info)?;
+        // Where dsrun can run the model: the cache as it allocates it, per layer kind.
+        if let Ok(hp) = dsrun::model::HParams::from_gguf(&file) {
+            let n_ctx = args.ctx_size as usize;
+            writeln!(
+                out,
+                "dsrun {}",
+                super::kv::describe(&hp, n_ctx, args.kv.types()?)
+            )?;
+        }
         if args.verbose {
             write_verbose(&mut out, &file)?;
         }
@@ -168,8 +179,9 @@ fn write_text(out: &mut impl Write, i: &ModelInfo) -> std::io::Result<()> {
     }
     writeln!(
         out,
-        "memory:         weights {} + f16 KV cache for {} tokens {} = {}",
+        "memory:         weights {} + {} KV cache for {} tokens {} = {}",
         mib(i.weights_bytes),
+        i.kv_types,
         i.kv_n_ctx,
         i.kv_bytes.map(mib).unwrap_or_else(|| "unknown".into()),
         mib(i.ram_bytes)

@@ -5,6 +5,7 @@ mod calibrate;
 mod chat;
 mod common;
 mod info;
+mod kv;
 mod perplexity;
 #[cfg(feature = "quantize")]
 mod quantize;
@@ -78,6 +79,8 @@ impl From<std::io::Error> for CliError {
         CliError::Stdout(e)
     }
 }
+
+pub use kv::expand_llama_flags;
 
 pub fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {

@@ -73,6 +73,7 @@ pub fn run(args: PerplexityArgs) -> Result<(), CliError> {
     };
     let mut session = Session::new(&model, n_ctx, args.model.batch_size)?;
     args.model.moe.apply(&mut session, false)?;
+    args.model.kv.apply(&mut session, false)?;
     let mut stats = PplStats::default();
     let mut out = std::io::stdout().lock();
     let t0 = Instant::now();
@@ -134,6 +135,7 @@ fn run_kld(args: &PerplexityArgs, model: &Model) -> Result<(), CliError> {
     let n_chunks = args.chunks.map_or(base.n_chunks, |c| c.min(base.n_chunks));
     let mut session = Session::new(model, n_ctx, args.model.batch_size)?;
     args.model.moe.apply(&mut session, false)?;
+    args.model.kv.apply(&mut session, false)?;
     let (mut ppl, mut ppl_base) = (PplStats::default(), PplStats::default());
     let mut kld = KldStats::default();
     let mut out = std::io::stdout().lock();

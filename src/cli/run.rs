@@ -94,6 +94,7 @@ pub fn run(args: RunArgs) -> Result<(), CliError> {
         ))
         .into());
     }
+    args.model.kv.apply(&mut session, args.quiet || args.json)?;
     let cfg = args.sample.config();
     let seed = cfg.seed;
     let mut sampler = Sampler::new(cfg);

@@ -15,7 +15,6 @@ use crate::kernels::attention::AttnInput;
 use crate::kernels::norm::rms_norm_rows;
 use crate::kernels::rope::RopeParams;
 use crate::kernels::{self, linear};
-use half::slice::HalfFloatSliceExt;
 
 fn add_bias(x: &mut [f32], b: &Option<Vec<f32>>) {
     if let Some(b) = b {
@@ -174,15 +173,11 @@ fn attention(
         rope.apply(&mut q[t * q_dim..(t + 1) * q_dim], hd, pos0 + t);
         rope.apply(&mut k[t * kv_dim..(t + 1) * kv_dim], hd, pos0 + t);
     }
-    kv.store(il, pos0, &k, &v);
-
-    // The cached rows this batch can see, widened to f32 once per layer and batch (half's slice
-    // conversion uses F16C where the CPU has it) rather than once per query and head.
-    let seen = (pos0 + n) * kv_dim;
-    let mut kc = vec![0.0f32; seen];
-    let mut vc = vec![0.0f32; seen];
-    kv.k[il][..seen].convert_to_f32_slice(&mut kc);
-    kv.v[il][..seen].convert_to_f32_slice(&mut vc);
+    kv.rotate_in(&mut q, &mut k, &mut v, hd);
+    // The cached rows this batch can see, widened to f32 once per layer and batch rather than
+    // once per query and head; from position `base` on (0, or the window's start in a ring).
+    let (kc, vc, base) = kv.store_and_view(il, pos0, &k, &v);
+    kv.round_queries(&mut q);
     // out: (n, n_head * hd)
     let mut out = vec![0.0f32; n * q_dim];
     let inp = AttnInput {
@@ -192,12 +187,14 @@ fn attention(
         n_head: hp.n_head,
         n_head_kv: hp.n_head_kv,
         head_dim: hd,
-        pos0,
+        // Masking depends on distances only, so positions may count from `base`.
+        pos0: pos0 - base,
         window: if swa { hp.sliding_window } else { None },
         scale: hp.scales.attention.unwrap_or(1.0 / (hd as f32).sqrt()),
         sinks: lw.sinks.as_deref(),
     };
     kernels::attention::attention(&inp, &mut out);
+    kv.rotate_out(&mut out, hd);
     let mut res = vec![0.0f32; n * hp.n_embd];
     linear(&lw.wo, &out, n, &mut res);
     add_bias(&mut res, &lw.bo);

@@ -2,6 +2,7 @@
 //! sizes, attention and expert layout, RoPE, tokenizer, tensor types, and the memory it needs.
 //! Read from GGUF metadata by the key names llama.cpp uses (`{arch}.block_count`, …).
 
+use super::kv_cache::KvTypes;
 use crate::error::Result;
 use crate::gguf::{GgufFile, GgufHeader, Value};
 use serde::Serialize;
@@ -59,8 +60,10 @@ pub struct ModelInfo {
     pub weights_bytes: u64,
     /// Context length the KV estimate is for.
     pub kv_n_ctx: u64,
-    /// An f16 K and V cache of `kv_n_ctx` tokens on every layer.
+    /// A K and V cache of `kv_n_ctx` tokens on every layer, in the types `kv_types`.
     pub kv_bytes: Option<u64>,
+    /// The cache types of the estimate, as "K/V" ("f16/f16").
+    pub kv_types: String,
     /// Weights + KV cache.
     pub ram_bytes: u64,
 }
@@ -85,6 +88,11 @@ fn per_layer_max(h: &GgufHeader, key: &str) -> Result<Option<u64>> {
 impl ModelInfo {
     /// Facts about `file`, with the KV cache estimated for `n_ctx` tokens.
     pub fn from_gguf(file: &GgufFile, n_ctx: u64) -> Result<ModelInfo> {
+        Self::from_gguf_kv(file, n_ctx, KvTypes::default())
+    }
+
+    /// [`ModelInfo::from_gguf`] with the KV cache stored as `types`.
+    pub fn from_gguf_kv(file: &GgufFile, n_ctx: u64, types: KvTypes) -> Result<ModelInfo> {
         let h = file.header();
         let arch = h
             .get_str("general.architecture")?
@@ -136,15 +144,25 @@ impl ModelInfo {
             _ => n_params,
         };
 
-        // f16 K and V for every layer and token: (n_ctx, n_head_kv * head_dim) each.
+        // K and V for every layer and token: (n_ctx, n_head_kv * head_dim) each, in `types`.
         let kv_bytes = match (n_layer, head_dim_k, head_dim_v) {
             (Some(nl), Some(dk), Some(dv)) => {
                 let kv_heads = per_layer_sum(h, &k("attention.head_count_kv"), nl)?
                     .or(n_head_kv.map(|x| x * nl));
-                kv_heads.map(|heads| heads * (dk + dv) * n_ctx * 2)
+                let row = types
+                    .k
+                    .row_bytes(dk)
+                    .zip(types.v.row_bytes(dv))
+                    .map(|(a, b)| a + b);
+                kv_heads.zip(row).map(|(heads, row)| heads * row * n_ctx)
             }
             _ => None,
         };
+        let kv_types = format!(
+            "{}/{}",
+            types.k.name().to_lowercase(),
+            types.v.name().to_lowercase()
+        );
         let tokens = h.get("tokenizer.ggml.tokens").and_then(Value::as_array);
 
         Ok(ModelInfo {
@@ -183,6 +201,7 @@ impl ModelInfo {
             weights_bytes,
             kv_n_ctx: n_ctx,
             kv_bytes,
+            kv_types,
             ram_bytes: weights_bytes + kv_bytes.unwrap_or(0),
             architecture: arch,
         })

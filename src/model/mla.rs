@@ -21,7 +21,6 @@ use crate::kernels::norm::{rms_norm, rms_norm_rows};
 use crate::kernels::rope::RopeParams;
 use crate::kernels::softmax::softmax;
 use crate::tensor::TensorView;
-use half::slice::HalfFloatSliceExt;
 
 /// The query projection: one matrix (DeepSeek-V2-Lite) or a low-rank pair with a norm between.
 pub enum MlaQuery<'a> {
@@ -134,7 +133,7 @@ pub fn attention(
     kv.store(il, pos0, &ckv, &ckv);
     let seen = (pos0 + n) * d;
     let mut kc = vec![0.0f32; seen];
-    kv.k[il][..seen].convert_to_f32_slice(&mut kc);
+    kv.widen_k(il, &mut kc);
 
     let scale = 1.0 / (dk as f32).sqrt();
     // o: per head (n, r), the softmax-weighted latents.

@@ -14,5 +14,5 @@ pub mod weights;
 
 pub use hparams::HParams;
 pub use info::ModelInfo;
-pub use kv_cache::KvCache;
+pub use kv_cache::{KvCache, KvTypes};
 pub use weights::Weights;
