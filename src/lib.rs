@@ -14,6 +14,7 @@ pub mod model;
 pub mod perplexity;
 #[cfg(feature = "quantize")]
 pub mod quantize;
+pub mod rng;
 pub mod sampling;
 pub mod synth;
 pub mod tensor;

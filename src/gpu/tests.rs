@@ -33,24 +33,7 @@ fn nmse(gpu: &[f32], cpu: &[f32]) -> f64 {
     num / den
 }
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn f32(&mut self) -> f32 {
-        (self.next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn vec(&mut self, n: usize) -> Vec<f32> {
-        (0..n).map(|_| self.f32()).collect()
-    }
-}
+use crate::rng::Rng;
 
 fn view<'a>(
     name: &'a str,
@@ -74,11 +57,12 @@ fn view<'a>(
 fn random_weights(rng: &mut Rng, ty: GgmlType, n_rows: usize, n_cols: usize) -> Vec<u8> {
     let row_bytes = ty.row_bytes(n_cols as u64).unwrap() as usize;
     let mut bytes = vec![0u8; row_bytes * n_rows];
-    if quantize(ty, &rng.vec(n_rows * n_cols), &mut bytes).is_ok() {
+    if quantize(ty, &rng.vec(n_rows * n_cols, 1.0), &mut bytes).is_ok() {
         return bytes;
     }
-    bytes.iter_mut().for_each(|b| *b = rng.next() as u8);
-    let scale = |rng: &mut Rng| half::f16::from_f32(0.001 + 0.05 * rng.f32().abs()).to_le_bytes();
+    bytes.iter_mut().for_each(|b| *b = rng.next_u64() as u8);
+    let scale =
+        |rng: &mut Rng| half::f16::from_f32(0.001 + 0.05 * rng.symmetric().abs()).to_le_bytes();
     let bsize = ty.type_size().unwrap();
     for blk in bytes.chunks_exact_mut(bsize) {
         match ty {
@@ -87,7 +71,7 @@ fn random_weights(rng: &mut Rng, ty: GgmlType, n_rows: usize, n_cols: usize) -> 
                 blk[2..4].copy_from_slice(&scale(rng));
             }
             GgmlType::Q6K => blk[208..210].copy_from_slice(&scale(rng)),
-            GgmlType::Mxfp4 => blk[0] = 120 + (rng.next() % 16) as u8,
+            GgmlType::Mxfp4 => blk[0] = 120 + (rng.next_u64() % 16) as u8,
             _ => panic!("no random weights for {}", ty.name()),
         }
     }
@@ -132,7 +116,7 @@ fn every_shader_validates_with_naga() {
 fn matmul_matches_cpu_for_each_type() {
     let Some(ctx) = ctx() else { return };
     let ops = GpuOps::new(ctx);
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut rng = Rng::new(0x9e37_79b9_7f4a_7c15);
     for &(ty, _) in shaders::MATVEC_TYPES {
         for _ in 0..4 {
             let n_rows = 1 + rng.below(300);
@@ -140,7 +124,7 @@ fn matmul_matches_cpu_for_each_type() {
             let n_tok = 1 + rng.below(5);
             let n_cols = n_cols.next_multiple_of(ty.block_size().unwrap());
             let bytes = random_weights(&mut rng, ty, n_rows, n_cols);
-            let x = rng.vec(n_tok * n_cols);
+            let x = rng.vec(n_tok * n_cols, 1.0);
             let view = view("w", ty, n_rows, n_cols, &bytes);
             let mut cpu = vec![0f32; n_tok * n_rows];
             matmul(&view, &x, n_tok, &mut cpu);
@@ -162,12 +146,12 @@ fn matmul_matches_cpu_for_each_type() {
 fn matmul_spans_more_rows_than_one_dispatch_dimension() {
     let Some(ctx) = ctx() else { return };
     let ops = GpuOps::new(ctx);
-    let mut rng = Rng(7);
+    let mut rng = Rng::new(7);
     let (n_rows, n_cols) = (70_000, 32);
-    let w = rng.vec(n_rows * n_cols);
+    let w = rng.vec(n_rows * n_cols, 1.0);
     let mut bytes = vec![0u8; 34 * n_rows];
     quantize(GgmlType::Q8_0, &w, &mut bytes).unwrap();
-    let x = rng.vec(n_cols);
+    let x = rng.vec(n_cols, 1.0);
     let view = view("w", GgmlType::Q8_0, n_rows, n_cols, &bytes);
     let mut cpu = vec![0f32; n_rows];
     matmul(&view, &x, 1, &mut cpu);
@@ -182,12 +166,12 @@ fn matmul_spans_more_rows_than_one_dispatch_dimension() {
 fn rms_norm_softmax_rope_match_cpu() {
     let Some(ctx) = ctx() else { return };
     let ops = GpuOps::new(ctx);
-    let mut rng = Rng(42);
+    let mut rng = Rng::new(42);
     for _ in 0..4 {
         let n = 1 + rng.below(1000);
         let rows = 1 + rng.below(6);
-        let w = rng.vec(n);
-        let x = rng.vec(n * rows);
+        let w = rng.vec(n, 1.0);
+        let x = rng.vec(n * rows, 1.0);
 
         let mut cpu = x.clone();
         rms_norm_rows(&mut cpu, &w, 1e-6);
@@ -210,7 +194,7 @@ fn rms_norm_softmax_rope_match_cpu() {
             freq_scale: 1.0,
         };
         let pos0 = rng.below(2000);
-        let x = rng.vec(n_tok * n_head * head_dim);
+        let x = rng.vec(n_tok * n_head * head_dim, 1.0);
         let mut cpu = x.clone();
         for (t, row) in cpu.chunks_exact_mut(n_head * head_dim).enumerate() {
             rope.apply(row, head_dim, pos0 + t);

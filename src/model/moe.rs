@@ -82,7 +82,7 @@ pub fn moe_ffn(
                     probs.iter_mut().for_each(|v| *v = v.max(0.0));
                 }
                 let ids = if default {
-                    super::moe::top_k(sel, rp.k)
+                    top_k(sel, rp.k)
                 } else {
                     select(&probs, il, rp.k, &moe.config, &mut moe.scratch).to_vec()
                 };

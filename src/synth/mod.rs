@@ -13,6 +13,7 @@ pub mod presets;
 use crate::error::{Error, Result};
 use crate::gguf::writer::GgufWriter;
 use crate::gguf::{GgufHeader, Value};
+use crate::rng::Rng;
 use crate::tensor::GgmlType;
 use std::path::Path;
 
@@ -426,31 +427,4 @@ fn fnv1a(s: &str) -> u64 {
     s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
     })
-}
-
-/// splitmix64: small, fast, and the same on every platform.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed)
-    }
-
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [-1, 1).
-    fn symmetric(&mut self) -> f32 {
-        ((self.next_u64() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    }
-
-    /// Uniform with standard deviation `std` (half-width `std * sqrt(3)`).
-    fn uniform_std(&mut self, std: f32) -> f32 {
-        self.symmetric() * std * 3f32.sqrt()
-    }
 }

@@ -3,20 +3,7 @@
 
 use super::*;
 
-struct Rng(u64);
-
-impl Rng {
-    fn unit(&mut self) -> f32 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    }
-    fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
-        (0..n).map(|_| self.unit() * scale).collect()
-    }
-}
+use crate::rng::Rng;
 
 struct Case {
     n_head: usize,
@@ -110,7 +97,7 @@ fn input<'a>(c: &Case, q: &'a [f32], k: &'a [f32], v: &'a [f32]) -> AttnInput<'a
 
 #[test]
 fn sinks_take_probability_mass_but_add_no_value() {
-    let mut rng = Rng(11);
+    let mut rng = Rng::new(11);
     for c in CASES {
         let (q, k, v) = inputs(c, &mut rng, 1.0);
         let inp = input(c, &q, &k, &v);
@@ -146,7 +133,7 @@ fn sinks_take_probability_mass_but_add_no_value() {
 
 #[test]
 fn simd_matches_plain_bit_for_bit() {
-    let mut rng = Rng(5);
+    let mut rng = Rng::new(5);
     for c in CASES {
         // Large magnitudes make the scores cancel, where any change of order would show.
         for mag in [1.0, 40.0] {
@@ -165,7 +152,7 @@ fn simd_matches_plain_bit_for_bit() {
 
 #[test]
 fn plain_matches_f64_softmax_attention() {
-    let mut rng = Rng(9);
+    let mut rng = Rng::new(9);
     for c in CASES {
         let (q, k, v) = inputs(c, &mut rng, 3.0);
         let inp = input(c, &q, &k, &v);
@@ -209,7 +196,7 @@ fn plain_matches_f64_softmax_attention() {
 #[should_panic(expected = "fewer than pos0 + n")]
 fn short_cache_view_panics() {
     let c = &CASES[1];
-    let mut rng = Rng(1);
+    let mut rng = Rng::new(1);
     let (q, k, v) = inputs(c, &mut rng, 1.0);
     let inp = input(c, &q, &k[..k.len() - 1], &v);
     attention(&inp, &mut vec![0.0; q.len()]);
