@@ -12,6 +12,7 @@ pub mod gpu;
 pub mod kernels;
 pub mod model;
 pub mod perplexity;
+pub mod pool;
 #[cfg(feature = "quantize")]
 pub mod quantize;
 pub mod rng;

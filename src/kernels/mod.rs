@@ -15,7 +15,7 @@ use std::sync::OnceLock;
 /// Whether `DSRUN_REFERENCE=1` asks for the plain f32 matrix products (decode each weight row
 /// to f32, f32 dot) instead of the quantized-activation kernels: for checking one against the
 /// other end to end.
-fn reference_matmul() -> bool {
+pub(crate) fn reference_matmul() -> bool {
     static REF: OnceLock<bool> = OnceLock::new();
     *REF.get_or_init(|| std::env::var("DSRUN_REFERENCE").is_ok_and(|v| v == "1"))
 }

@@ -7,11 +7,13 @@ use super::forward::act_fn;
 use super::hparams::HParams;
 use super::moe_select::{select, MoeState};
 use super::routing::{route, route_with, sigmoid, RouteParams};
-use super::weights::{Ffn, SharedExpert};
+use super::weights::{ExpertBiases, Ffn, SharedExpert};
 use crate::kernels::activation::{glu, swiglu_oai};
 use crate::kernels::linear;
 use crate::kernels::matmul::dot;
+use crate::kernels::qdot::{act_kind, qmatmul_batch, quantize_acts, Product, Tokens};
 use crate::kernels::softmax::softmax;
+use crate::tensor::TensorView;
 
 /// Top-k by probability, highest first; ties go to the lower expert id.
 pub fn top_k(probs: &[f32], k: usize) -> Vec<usize> {
@@ -96,6 +98,67 @@ pub fn moe_ffn(
     }
 
     let mut out = vec![0.0f32; n * e];
+    let experts = Experts {
+        gate,
+        up,
+        down,
+        n_ff,
+        biases: biases.as_deref(),
+        act: (!hp.arch.oai).then(|| act_fn(hp.arch.ffn_act)),
+    };
+    if crate::kernels::reference_matmul() {
+        experts_one_by_one(&experts, h, e, &routed, &mut out);
+    } else {
+        experts_batched(&experts, h, n, e, &routed, &mut out);
+    }
+    if let Some(sh) = shared {
+        shared_expert(hp, sh, h, n, &mut out);
+    }
+    out
+}
+
+/// The stacked experts of a layer.
+struct Experts<'a, 'w> {
+    gate: &'a TensorView<'w>,
+    up: &'a TensorView<'w>,
+    down: &'a TensorView<'w>,
+    n_ff: usize,
+    biases: Option<&'a ExpertBiases>,
+    /// The GLU's activation; `None` for gpt-oss's clamped SwiGLU.
+    act: Option<fn(f32) -> f32>,
+}
+
+impl Experts<'_, '_> {
+    /// `g = act(g) * u` for rows of expert `x` (gate and up biases first, where there are).
+    fn glu(&self, x: usize, g: &mut [f32], u: &mut [f32]) {
+        let n_ff = self.n_ff;
+        if let Some(b) = self.biases {
+            add_rows(g, &b.gate[x * n_ff..(x + 1) * n_ff]);
+            add_rows(u, &b.up[x * n_ff..(x + 1) * n_ff]);
+        }
+        match self.act {
+            Some(act) => glu(g, u, act),
+            None => swiglu_oai(g, u),
+        }
+    }
+
+    fn add_down_bias(&self, x: usize, d: &mut [f32], e: usize) {
+        if let Some(b) = self.biases {
+            add_rows(d, &b.down[x * e..(x + 1) * e]);
+        }
+    }
+}
+
+/// The reference path: each expert in turn gathers its tokens' rows and runs three plain
+/// products (`linear`), then its weighted output is added to `out` (n, n_embd).
+fn experts_one_by_one(
+    ex: &Experts,
+    h: &[f32],
+    e: usize,
+    routed: &[Vec<(usize, f32)>],
+    out: &mut [f32],
+) {
+    let n_ff = ex.n_ff;
     for (x, toks) in routed.iter().enumerate() {
         if toks.is_empty() {
             continue;
@@ -107,22 +170,12 @@ pub fn moe_ffn(
         }
         let mut g = vec![0.0f32; m * n_ff];
         let mut u = vec![0.0f32; m * n_ff];
-        linear(&gate.rows(x * n_ff, n_ff), &hx, m, &mut g);
-        linear(&up.rows(x * n_ff, n_ff), &hx, m, &mut u);
-        if let Some(b) = biases {
-            add_rows(&mut g, &b.gate[x * n_ff..(x + 1) * n_ff]);
-            add_rows(&mut u, &b.up[x * n_ff..(x + 1) * n_ff]);
-        }
-        if hp.arch.oai {
-            swiglu_oai(&mut g, &u);
-        } else {
-            glu(&mut g, &u, act_fn(hp.arch.ffn_act));
-        }
+        linear(&ex.gate.rows(x * n_ff, n_ff), &hx, m, &mut g);
+        linear(&ex.up.rows(x * n_ff, n_ff), &hx, m, &mut u);
+        ex.glu(x, &mut g, &mut u);
         let mut d = vec![0.0f32; m * e];
-        linear(&down.rows(x * e, e), &g, m, &mut d);
-        if let Some(b) = biases {
-            add_rows(&mut d, &b.down[x * e..(x + 1) * e]);
-        }
+        linear(&ex.down.rows(x * e, e), &g, m, &mut d);
+        ex.add_down_bias(x, &mut d, e);
         for (i, &(t, wt)) in toks.iter().enumerate() {
             for (o, &v) in out[t * e..(t + 1) * e]
                 .iter_mut()
@@ -132,10 +185,108 @@ pub fn moe_ffn(
             }
         }
     }
-    if let Some(sh) = shared {
-        shared_expert(hp, sh, h, n, &mut out);
+}
+
+/// The fast path, equal to [`experts_one_by_one`] bit for bit: `h` (n, n_embd) is quantized
+/// once (not once per expert and projection), each expert's products read its tokens' rows in
+/// place, the gate and up products of all active experts are one parallel job and their down
+/// products another (so decode's four small experts keep two threads busy), and the expert
+/// outputs are stacked in one buffer, (sum of tokens per expert, n_embd).
+fn experts_batched(
+    ex: &Experts,
+    h: &[f32],
+    n: usize,
+    e: usize,
+    routed: &[Vec<(usize, f32)>],
+    out: &mut [f32],
+) {
+    let n_ff = ex.n_ff;
+    // Active experts, their token lists, and where their rows start in the stacked buffers.
+    let active: Vec<usize> = (0..routed.len())
+        .filter(|&x| !routed[x].is_empty())
+        .collect();
+    let lists: Vec<Vec<usize>> = active
+        .iter()
+        .map(|&x| routed[x].iter().map(|&(t, _)| t).collect())
+        .collect();
+    let mut starts = Vec::with_capacity(active.len() + 1);
+    starts.push(0);
+    for l in &lists {
+        starts.push(starts.last().unwrap() + l.len());
     }
-    out
+    let total = starts[active.len()];
+
+    let acts_g = quantize_acts(ex.gate.ty, h, n, e);
+    let acts_u_own;
+    let acts_u = if act_kind(ex.up.ty) == acts_g.kind() {
+        &acts_g
+    } else {
+        acts_u_own = quantize_acts(ex.up.ty, h, n, e);
+        &acts_u_own
+    };
+    // g, u: (total, n_ff)
+    let mut g = vec![0.0f32; total * n_ff];
+    let mut u = vec![0.0f32; total * n_ff];
+    {
+        let mut products = Vec::with_capacity(2 * active.len());
+        let mut g_rest = &mut g[..];
+        let mut u_rest = &mut u[..];
+        for (i, &x) in active.iter().enumerate() {
+            let rows = lists[i].len() * n_ff;
+            let (gx, gr) = g_rest.split_at_mut(rows);
+            let (ux, ur) = u_rest.split_at_mut(rows);
+            (g_rest, u_rest) = (gr, ur);
+            let tokens = Tokens::List(&lists[i]);
+            products.push(Product {
+                w: ex.gate.rows(x * n_ff, n_ff),
+                acts: &acts_g,
+                tokens,
+                out: gx,
+            });
+            products.push(Product {
+                w: ex.up.rows(x * n_ff, n_ff),
+                acts: acts_u,
+                tokens,
+                out: ux,
+            });
+        }
+        qmatmul_batch(&mut products);
+    }
+    for (i, &x) in active.iter().enumerate() {
+        let r = starts[i] * n_ff..starts[i + 1] * n_ff;
+        ex.glu(x, &mut g[r.clone()], &mut u[r]);
+    }
+
+    let acts_d = quantize_acts(ex.down.ty, &g, total, n_ff);
+    // d: (total, n_embd)
+    let mut d = vec![0.0f32; total * e];
+    {
+        let mut products = Vec::with_capacity(active.len());
+        let mut d_rest = &mut d[..];
+        for (i, &x) in active.iter().enumerate() {
+            let (dx, dr) = d_rest.split_at_mut(lists[i].len() * e);
+            d_rest = dr;
+            products.push(Product {
+                w: ex.down.rows(x * e, e),
+                acts: &acts_d,
+                tokens: Tokens::Range(starts[i], starts[i + 1]),
+                out: dx,
+            });
+        }
+        qmatmul_batch(&mut products);
+    }
+    for (i, &x) in active.iter().enumerate() {
+        let dx = &mut d[starts[i] * e..starts[i + 1] * e];
+        ex.add_down_bias(x, dx, e);
+        for (j, &(t, wt)) in routed[x].iter().enumerate() {
+            for (o, &v) in out[t * e..(t + 1) * e]
+                .iter_mut()
+                .zip(&dx[j * e..(j + 1) * e])
+            {
+                *o += wt * v;
+            }
+        }
+    }
 }
 
 /// Adds `b` to every row of `x`.
@@ -164,6 +315,100 @@ fn shared_expert(hp: &HParams, sh: &SharedExpert, h: &[f32], n: usize, out: &mut
             .zip(&d[t * e..(t + 1) * e])
         {
             *o += gate * v;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::activation::silu;
+    use crate::rng::Rng;
+    use crate::tensor::GgmlType;
+
+    /// `n_rows` rows of `k` random values encoded as `ty`.
+    fn stacked(ty: GgmlType, k: usize, n_rows: usize, rng: &mut Rng) -> Vec<u8> {
+        let rb = ty.row_bytes(k as u64).unwrap() as usize;
+        let mut b = vec![0u8; n_rows * rb];
+        crate::tensor::quants::quantize(ty, &rng.vec(n_rows * k, 1.0), &mut b).unwrap();
+        b
+    }
+
+    fn view<'a>(
+        name: &'static str,
+        ty: GgmlType,
+        k: usize,
+        n_rows: usize,
+        data: &'a [u8],
+    ) -> TensorView<'a> {
+        TensorView {
+            name,
+            ty,
+            n_cols: k,
+            n_rows,
+            row_bytes: ty.row_bytes(k as u64).unwrap() as usize,
+            data,
+        }
+    }
+
+    /// The batched experts equal the one-by-one reference bit for bit: decode (one token) and a
+    /// batch, 1 and 2 threads, an unused expert, mixed weight types (two activation kinds),
+    /// gpt-oss's biases and clamped SwiGLU.
+    #[test]
+    fn batched_experts_equal_one_by_one() {
+        let mut rng = Rng::new(11);
+        let (e, n_ff, ne) = (96, 64, 5);
+        for (ty_gu, ty_up, ty_d, oai) in [
+            (GgmlType::Q8_0, GgmlType::Q8_0, GgmlType::Q8_0, false),
+            (GgmlType::Q8_0, GgmlType::Q4_1, GgmlType::F32, true),
+        ] {
+            let gb = stacked(ty_gu, e, ne * n_ff, &mut rng);
+            let ub = stacked(ty_up, e, ne * n_ff, &mut rng);
+            let db = stacked(ty_d, n_ff, ne * e, &mut rng);
+            let (gate, up, down) = (
+                view("gate", ty_gu, e, ne * n_ff, &gb),
+                view("up", ty_up, e, ne * n_ff, &ub),
+                view("down", ty_d, n_ff, ne * e, &db),
+            );
+            let biases = ExpertBiases {
+                router: vec![0.0; ne],
+                gate: rng.vec(ne * n_ff, 0.5),
+                up: rng.vec(ne * n_ff, 0.5),
+                down: rng.vec(ne * e, 0.5),
+            };
+            let ex = Experts {
+                gate: &gate,
+                up: &up,
+                down: &down,
+                n_ff,
+                biases: oai.then_some(&biases),
+                act: (!oai).then_some(silu as fn(f32) -> f32),
+            };
+            for n in [1, 13] {
+                let h = rng.vec(n * e, 1.0);
+                // Two experts per token, expert 3 never.
+                let mut routed: Vec<Vec<(usize, f32)>> = vec![Vec::new(); ne];
+                for t in 0..n {
+                    let a = [0, 1, 2, 4][rng.below(4)];
+                    let b = [0, 1, 2, 4]
+                        .into_iter()
+                        .find(|&x| x != a && rng.below(2) == 0);
+                    for x in [Some(a), b].into_iter().flatten() {
+                        routed[x].push((t, rng.symmetric()));
+                    }
+                }
+                let mut want = vec![0.0f32; n * e];
+                experts_one_by_one(&ex, &h, e, &routed, &mut want);
+                for threads in [1, 2] {
+                    let pool = rayon::ThreadPoolBuilder::new()
+                        .num_threads(threads)
+                        .build()
+                        .unwrap();
+                    let mut got = vec![0.0f32; n * e];
+                    pool.install(|| experts_batched(&ex, &h, n, e, &routed, &mut got));
+                    assert_eq!(got, want, "{ty_gu} {ty_up} {ty_d} n={n} threads={threads}");
+                }
+            }
         }
     }
 }

@@ -51,7 +51,9 @@ use std::sync::OnceLock;
 
 use crate::tensor::GgmlType;
 
-pub use qmatmul::{qmatmul, qmatmul_acts, qmatmul_acts_at};
+pub use qmatmul::{
+    qmatmul, qmatmul_acts, qmatmul_acts_at, qmatmul_batch, qmatmul_batch_at, Product, Tokens,
+};
 
 /// Values per block of Q8_0 / Q8_1.
 pub const QK8_0: usize = 32;

@@ -1,12 +1,10 @@
 //! Matrix products through the quantized dot products: the same contract as
 //! [`crate::kernels::matmul::matmul`], with the activations quantized once per call.
 //!
-//! Rows are split across rayon tasks. Within a task, tokens are taken in tiles of [`TOK_TILE`]
+//! Rows are split into tasks for [`crate::pool`]. Within a task, tokens are taken in tiles of [`TOK_TILE`]
 //! and each weight row is dotted with every token of the tile while it sits in L1, so a prompt
 //! of n tokens streams the weights from memory once per task, not n times. Each output element
 //! is one kernel call whatever the tiling, so the result does not depend on the thread count.
-
-use rayon::prelude::*;
 
 use super::{quantize_acts, selected_level, ActRow, Kernel, QuantizedActs, SimdLevel, MULTI};
 use crate::tensor::TensorView;
@@ -28,25 +26,104 @@ pub fn qmatmul_acts(w: &TensorView, acts: &QuantizedActs, out: &mut [f32]) {
     qmatmul_acts_at(selected_level(), w, acts, out);
 }
 
-/// Products smaller than this many multiply-adds run on the calling thread: waking rayon's
-/// workers and joining them costs more than such a product (the tiny MoE's 256 x 256 matrices,
-/// about a hundred per decoded token, spent more time in rayon than in the kernels). Measured
-/// (2026-11-29, `dsrun bench -n 128 -t 2 -r 3` on the tiny MoE Q8_0, machine under load, two
-/// runs each): 490-507 t/s and 413-423 ms of CPU time before, 512-531 t/s and 397-410 ms after.
-const PAR_MIN_MACS: usize = 1 << 18;
+/// Work below this many multiply-adds, over all products of a batch, runs on the calling thread.
+/// Through rayon the bar was 2^18 (the tiny MoE's 256 x 256 matrices, about a hundred per
+/// decoded token, spent more time in rayon than in the kernels); the spinning pool of
+/// [`crate::pool`] hands out work for well under a microsecond, so the bar is much lower.
+/// Figures in README.md's MoE speed section.
+const PAR_MIN_MACS: usize = 1 << 15;
 
-/// Rows per rayon task: about eight tasks per thread, for balance, and not fewer than 4 rows;
-/// all rows in one task for a product under [`PAR_MIN_MACS`].
-fn rows_per_task(m: usize, k: usize, n_tok: usize) -> usize {
-    if m * k * n_tok < PAR_MIN_MACS {
-        return m.max(1);
-    }
-    (m / (rayon::current_num_threads() * 8)).clamp(4, 256)
+/// Least work per task, in multiply-adds (about a microsecond with the int8 kernels): finer
+/// tasks cost more in the shared task counter than they gain in balance.
+const TASK_MIN_MACS: usize = 1 << 14;
+
+/// Which activation rows a product takes.
+#[derive(Debug, Clone, Copy)]
+pub enum Tokens<'a> {
+    /// Every row, in order.
+    All,
+    /// Rows `start..end`.
+    Range(usize, usize),
+    /// The listed rows (the tokens routed to one expert), in the list's order.
+    List(&'a [usize]),
+}
+
+/// One product of a batch: `out[i][r] = W[r] · acts[tokens[i]]`, `out` (n_selected, n_rows).
+pub struct Product<'a> {
+    pub w: TensorView<'a>,
+    pub acts: &'a QuantizedActs,
+    pub tokens: Tokens<'a>,
+    pub out: &'a mut [f32],
 }
 
 /// [`qmatmul_acts`] at a given SIMD level (which must be available).
 pub fn qmatmul_acts_at(level: SimdLevel, w: &TensorView, acts: &QuantizedActs, out: &mut [f32]) {
-    let (k, m, n_tok) = (w.n_cols, w.n_rows, acts.n_tok());
+    qmatmul_batch_at(
+        level,
+        &mut [Product {
+            w: *w,
+            acts,
+            tokens: Tokens::All,
+            out,
+        }],
+    );
+}
+
+/// Several independent products as one parallel job (the projections of one input, the
+/// selected experts of a layer): tasks are row ranges of every product, so both cores stay busy
+/// even when each product alone is too small to split. Results equal those of the products
+/// one by one, bit for bit, whatever the thread count.
+pub fn qmatmul_batch(products: &mut [Product<'_>]) {
+    qmatmul_batch_at(selected_level(), products)
+}
+
+/// A product checked and ready: its kernel, activation rows and output.
+struct Prepared<'a> {
+    w: TensorView<'a>,
+    kernel: Kernel,
+    rows: Vec<ActRow<'a>>,
+    out: SharedOut,
+    /// Rows of `w` per task, and the index of this product's first task.
+    rpt: usize,
+    first_task: usize,
+}
+
+/// [`qmatmul_batch`] at a given SIMD level (which must be available).
+pub fn qmatmul_batch_at(level: SimdLevel, products: &mut [Product<'_>]) {
+    let mut prepared: Vec<Prepared<'_>> = products.iter_mut().map(|p| prepare(level, p)).collect();
+    let work = |p: &Prepared<'_>| p.w.n_rows * p.w.n_cols * p.rows.len();
+    let total: usize = prepared.iter().map(work).sum();
+    let threads = crate::pool::threads();
+    let serial = threads == 1 || total < PAR_MIN_MACS;
+    let task_macs = (total / (threads * 8)).max(TASK_MIN_MACS);
+    let mut n_tasks = 0;
+    for p in &mut prepared {
+        let m = p.w.n_rows;
+        let per_row = (p.w.n_cols * p.rows.len()).max(1);
+        p.rpt = if serial {
+            m.max(1)
+        } else {
+            task_macs.div_ceil(per_row).clamp(4, 256).min(m.max(1))
+        };
+        p.first_task = n_tasks;
+        n_tasks += m.div_ceil(p.rpt);
+    }
+    let task = |i: usize| {
+        let j = prepared.partition_point(|p| p.first_task <= i) - 1;
+        let p = &prepared[j];
+        let r0 = (i - p.first_task) * p.rpt;
+        rows_task(p, r0, (r0 + p.rpt).min(p.w.n_rows));
+    };
+    if serial {
+        (0..n_tasks).for_each(task);
+    } else {
+        crate::pool::run(n_tasks, &task);
+    }
+}
+
+fn prepare<'a>(level: SimdLevel, p: &'a mut Product<'_>) -> Prepared<'a> {
+    let (w, acts) = (p.w, p.acts);
+    let (k, m) = (w.n_cols, w.n_rows);
     assert_eq!(
         acts.k(),
         k,
@@ -54,7 +131,6 @@ pub fn qmatmul_acts_at(level: SimdLevel, w: &TensorView, acts: &QuantizedActs, o
         w.name,
         acts.k()
     );
-    assert_eq!(out.len(), n_tok * m, "{}: output shape", w.name);
     assert_eq!(
         w.ty.row_bytes(k as u64),
         Some(w.row_bytes as u64),
@@ -66,62 +142,151 @@ pub fn qmatmul_acts_at(level: SimdLevel, w: &TensorView, acts: &QuantizedActs, o
         "{}: data too short",
         w.name
     );
-    let kernel = Kernel::new(level, w.ty, acts);
-    let rows: Vec<ActRow<'_>> = (0..n_tok).map(|t| acts.row(t)).collect();
-    let rpt = rows_per_task(m, k, n_tok);
-    let n_tasks = m.div_ceil(rpt);
-
-    if n_tok == 1 {
-        let task = |(c, o): (usize, &mut [f32])| {
-            for (i, y) in o.iter_mut().enumerate() {
-                *y = kernel.call(w.row(c * rpt + i), &rows[0]);
-            }
-        };
-        if n_tasks == 1 {
-            task((0, out));
-        } else {
-            out.par_chunks_mut(rpt).enumerate().for_each(task);
-        }
-        return;
-    }
-
-    // Each task owns the output columns r0..r0 + rpt of every token row and writes them in
-    // place (a transpose after the fact, single-threaded, took a tenth of prompt time).
-    let out_ptr = SharedOut(out.as_mut_ptr());
-    let task = |c: usize| {
-        let out_ptr = &out_ptr;
-        let r0 = c * rpt;
-        let r1 = (r0 + rpt).min(m);
-        let mut vals = [0.0f32; TOK_TILE];
-        for t0 in (0..n_tok).step_by(TOK_TILE) {
-            let tile = &rows[t0..(t0 + TOK_TILE).min(n_tok)];
-            for r in r0..r1 {
-                let w_row = w.row(r);
-                let o_tile = &mut vals[..tile.len()];
-                let (a4, a_rest) = tile.as_chunks::<MULTI>();
-                let (o4, o_rest) = o_tile.as_chunks_mut::<MULTI>();
-                for (y, a) in o4.iter_mut().zip(a4) {
-                    *y = kernel.call_multi(w_row, a);
-                }
-                for (y, a) in o_rest.iter_mut().zip(a_rest) {
-                    *y = kernel.call(w_row, a);
-                }
-                for (i, &v) in o_tile.iter().enumerate() {
-                    // SAFETY: (t0 + i, r) is inside `out` (asserted to be (n_tok, m) above),
-                    // and column r belongs to this task alone.
-                    unsafe { *out_ptr.0.add((t0 + i) * m + r) = v };
-                }
-            }
-        }
+    let rows: Vec<ActRow<'a>> = match p.tokens {
+        Tokens::All => (0..acts.n_tok()).map(|t| acts.row(t)).collect(),
+        Tokens::Range(a, b) => (a..b).map(|t| acts.row(t)).collect(),
+        Tokens::List(list) => list.iter().map(|&t| acts.row(t)).collect(),
     };
-    if n_tasks == 1 {
-        task(0);
-    } else {
-        (0..n_tasks).into_par_iter().for_each(task);
+    assert_eq!(p.out.len(), rows.len() * m, "{}: output shape", w.name);
+    Prepared {
+        w,
+        kernel: Kernel::new(level, w.ty, acts),
+        rows,
+        out: SharedOut(p.out.as_mut_ptr()),
+        rpt: 0,
+        first_task: 0,
     }
 }
 
-/// The output matrix, shared by tasks that write disjoint columns of it.
+/// Rows `r0..r1` of one product, for all its tokens. Each task owns output columns r0..r1 of
+/// every token row and writes them in place (a transpose after the fact, single-threaded, took a
+/// tenth of prompt time).
+fn rows_task(p: &Prepared<'_>, r0: usize, r1: usize) {
+    let (w, kernel, rows, m) = (&p.w, &p.kernel, &p.rows, p.w.n_rows);
+    let out = &p.out;
+    if rows.len() == 1 {
+        for r in r0..r1 {
+            let v = kernel.call(w.row(r), &rows[0]);
+            // SAFETY: r < m, inside `out` (asserted to be (n_tok, m) in `prepare`), and column
+            // r belongs to this task alone.
+            unsafe { *out.0.add(r) = v };
+        }
+        return;
+    }
+    let mut vals = [0.0f32; TOK_TILE];
+    for t0 in (0..rows.len()).step_by(TOK_TILE) {
+        let tile = &rows[t0..(t0 + TOK_TILE).min(rows.len())];
+        for r in r0..r1 {
+            let w_row = w.row(r);
+            let o_tile = &mut vals[..tile.len()];
+            let (a4, a_rest) = tile.as_chunks::<MULTI>();
+            let (o4, o_rest) = o_tile.as_chunks_mut::<MULTI>();
+            for (y, a) in o4.iter_mut().zip(a4) {
+                *y = kernel.call_multi(w_row, a);
+            }
+            for (y, a) in o_rest.iter_mut().zip(a_rest) {
+                *y = kernel.call(w_row, a);
+            }
+            for (i, &v) in o_tile.iter().enumerate() {
+                // SAFETY: (t0 + i, r) is inside `out` (asserted to be (n_tok, m) in
+                // `prepare`), and column r belongs to this task alone.
+                unsafe { *out.0.add((t0 + i) * m + r) = v };
+            }
+        }
+    }
+}
+
+/// An output matrix, shared by tasks that write disjoint columns of it.
 struct SharedOut(*mut f32);
-// SAFETY: tasks write disjoint elements, and `out` outlives the parallel loop that uses it.
+// SAFETY: tasks write disjoint elements, and every output outlives the parallel job that uses
+// it (the products are borrowed for the whole of `qmatmul_batch_at`).
 unsafe impl Sync for SharedOut {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::qdot::{quantize_acts, vec_dot_at};
+    use crate::rng::Rng;
+    use crate::tensor::GgmlType;
+
+    /// Products over all, a range of, and a list of the activation rows, in one batch, equal
+    /// each element's single dot product bit for bit, with 1 to 3 threads and below and above
+    /// the serial bar.
+    #[test]
+    fn batch_equals_dot_products() {
+        let mut rng = Rng::new(5);
+        for (ty, k) in [(GgmlType::Q8_0, 96), (GgmlType::Q4_1, 256)] {
+            let n_tok = 21;
+            let x = rng.vec(n_tok * k, 1.0);
+            let acts = quantize_acts(ty, &x, n_tok, k);
+            for m in [3, 40, 300] {
+                let wf = rng.vec(m * k, 1.0);
+                let row_bytes = ty.row_bytes(k as u64).unwrap() as usize;
+                let mut wb = vec![0u8; m * row_bytes];
+                crate::tensor::quants::quantize(ty, &wf, &mut wb).unwrap();
+                let w = TensorView {
+                    name: "w",
+                    ty,
+                    n_cols: k,
+                    n_rows: m,
+                    row_bytes,
+                    data: &wb,
+                };
+                let list = [20, 3, 3, 0, 7, 11, 12, 13, 14, 15, 16, 2];
+                let sel: [Vec<usize>; 4] = [
+                    (0..n_tok).collect(),
+                    (4..9).collect(),
+                    list.to_vec(),
+                    vec![6],
+                ];
+                for threads in [1, 2, 3] {
+                    let rp = rayon::ThreadPoolBuilder::new()
+                        .num_threads(threads)
+                        .build()
+                        .unwrap();
+                    let mut outs: Vec<Vec<f32>> =
+                        sel.iter().map(|s| vec![f32::NAN; s.len() * m]).collect();
+                    let [o0, o1, o2, o3] = &mut outs[..] else {
+                        unreachable!()
+                    };
+                    let mut products = [
+                        Product {
+                            w,
+                            acts: &acts,
+                            tokens: Tokens::All,
+                            out: o0,
+                        },
+                        Product {
+                            w,
+                            acts: &acts,
+                            tokens: Tokens::Range(4, 9),
+                            out: o1,
+                        },
+                        Product {
+                            w,
+                            acts: &acts,
+                            tokens: Tokens::List(&list),
+                            out: o2,
+                        },
+                        Product {
+                            w,
+                            acts: &acts,
+                            tokens: Tokens::List(&[6]),
+                            out: o3,
+                        },
+                    ];
+                    rp.install(|| qmatmul_batch(&mut products));
+                    let level = selected_level();
+                    for (s, out) in sel.iter().zip(&outs) {
+                        for (i, &t) in s.iter().enumerate() {
+                            for r in 0..m {
+                                let want = vec_dot_at(level, ty, w.row(r), &acts, t);
+                                assert_eq!(out[i * m + r], want, "{ty} m={m} t={t} r={r}");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
