@@ -30,3 +30,34 @@ pub fn linear(w: &TensorView, x: &[f32], n_tok: usize, out: &mut [f32]) {
         qdot::qmatmul(w, x, n_tok, out)
     }
 }
+
+/// [`linear`] for several matrices of the same input `x` (n_tok, n_cols), such as the q, k and
+/// v projections: `x` is quantized once per activation kind rather than once per matrix, and
+/// the products run as one parallel job. Each output equals [`linear`]'s bit for bit.
+pub fn linear_many(x: &[f32], n_tok: usize, products: &mut [(&TensorView, &mut [f32])]) {
+    if reference_matmul() {
+        for (w, out) in products.iter_mut() {
+            matmul::matmul(w, x, n_tok, out);
+        }
+        return;
+    }
+    let mut acts: Vec<qdot::QuantizedActs> = Vec::new();
+    for (w, _) in products.iter() {
+        if !acts.iter().any(|a| a.kind() == qdot::act_kind(w.ty)) {
+            acts.push(qdot::quantize_acts(w.ty, x, n_tok, w.n_cols));
+        }
+    }
+    let mut batch: Vec<qdot::Product<'_>> = products
+        .iter_mut()
+        .map(|(w, out)| qdot::Product {
+            w: **w,
+            acts: acts
+                .iter()
+                .find(|a| a.kind() == qdot::act_kind(w.ty))
+                .expect("quantized above"),
+            tokens: qdot::Tokens::All,
+            out,
+        })
+        .collect();
+    qdot::qmatmul_batch(&mut batch);
+}

@@ -97,8 +97,7 @@ pub fn forward_moe(
                 let n_ff = gate.n_rows;
                 let mut g = vec![0.0f32; n * n_ff];
                 let mut u = vec![0.0f32; n * n_ff];
-                linear(gate, &h, n, &mut g);
-                linear(up, &h, n, &mut u);
+                kernels::linear_many(&h, n, &mut [(gate, &mut g), (up, &mut u)]);
                 glu(&mut g, &u, act_fn(hp.arch.ffn_act));
                 let mut out = vec![0.0f32; n * e];
                 linear(down, &g, n, &mut out);
@@ -147,9 +146,11 @@ fn attention(
     let mut q = vec![0.0f32; n * q_dim];
     let mut k = vec![0.0f32; n * kv_dim];
     let mut v = vec![0.0f32; n * kv_dim];
-    linear(&lw.wq, h, n, &mut q);
-    linear(&lw.wk, h, n, &mut k);
-    linear(&lw.wv, h, n, &mut v);
+    kernels::linear_many(
+        h,
+        n,
+        &mut [(&lw.wq, &mut q), (&lw.wk, &mut k), (&lw.wv, &mut v)],
+    );
     add_bias(&mut q, &lw.bq);
     add_bias(&mut k, &lw.bk);
     add_bias(&mut v, &lw.bv);

@@ -5,14 +5,14 @@
 use super::arch::Gating;
 use super::forward::act_fn;
 use super::hparams::HParams;
-use super::moe_select::{select, MoeState};
+use super::moe_select::{select, MoeBuffers, MoeState};
 use super::routing::{route, route_with, sigmoid, RouteParams};
 use super::weights::{ExpertBiases, Ffn, SharedExpert};
 use crate::kernels::activation::{glu, swiglu_oai};
-use crate::kernels::linear;
 use crate::kernels::matmul::dot;
 use crate::kernels::qdot::{act_kind, qmatmul_batch, quantize_acts, Product, Tokens};
 use crate::kernels::softmax::softmax;
+use crate::kernels::{linear, linear_many};
 use crate::tensor::TensorView;
 
 /// Top-k by probability, highest first; ties go to the lower expert id.
@@ -109,7 +109,7 @@ pub fn moe_ffn(
     if crate::kernels::reference_matmul() {
         experts_one_by_one(&experts, h, e, &routed, &mut out);
     } else {
-        experts_batched(&experts, h, n, e, &routed, &mut out);
+        experts_batched(&experts, h, n, e, &routed, &mut moe.buffers, &mut out);
     }
     if let Some(sh) = shared {
         shared_expert(hp, sh, h, n, &mut out);
@@ -198,6 +198,7 @@ fn experts_batched(
     n: usize,
     e: usize,
     routed: &[Vec<(usize, f32)>],
+    buffers: &mut MoeBuffers,
     out: &mut [f32],
 ) {
     let n_ff = ex.n_ff;
@@ -224,9 +225,8 @@ fn experts_batched(
         acts_u_own = quantize_acts(ex.up.ty, h, n, e);
         &acts_u_own
     };
-    // g, u: (total, n_ff)
-    let mut g = vec![0.0f32; total * n_ff];
-    let mut u = vec![0.0f32; total * n_ff];
+    // g, u: (total, n_ff); d: (total, n_embd)
+    let (g, u, d) = buffers.get(total * n_ff, total * e);
     {
         let mut products = Vec::with_capacity(2 * active.len());
         let mut g_rest = &mut g[..];
@@ -257,9 +257,7 @@ fn experts_batched(
         ex.glu(x, &mut g[r.clone()], &mut u[r]);
     }
 
-    let acts_d = quantize_acts(ex.down.ty, &g, total, n_ff);
-    // d: (total, n_embd)
-    let mut d = vec![0.0f32; total * e];
+    let acts_d = quantize_acts(ex.down.ty, g, total, n_ff);
     {
         let mut products = Vec::with_capacity(active.len());
         let mut d_rest = &mut d[..];
@@ -302,8 +300,7 @@ fn shared_expert(hp: &HParams, sh: &SharedExpert, h: &[f32], n: usize, out: &mut
     let (e, n_ff) = (hp.n_embd, sh.up.n_rows);
     let mut g = vec![0.0f32; n * n_ff];
     let mut u = vec![0.0f32; n * n_ff];
-    linear(&sh.gate, h, n, &mut g);
-    linear(&sh.up, h, n, &mut u);
+    linear_many(h, n, &mut [(&sh.gate, &mut g), (&sh.up, &mut u)]);
     glu(&mut g, &u, act_fn(hp.arch.ffn_act));
     let mut d = vec![0.0f32; n * e];
     linear(&sh.down, &g, n, &mut d);
@@ -384,7 +381,9 @@ mod tests {
                 biases: oai.then_some(&biases),
                 act: (!oai).then_some(silu as fn(f32) -> f32),
             };
-            for n in [1, 13] {
+            // Kept across calls: results must not depend on what the buffers held.
+            let mut buffers = MoeBuffers::default();
+            for n in [13, 1, 13] {
                 let h = rng.vec(n * e, 1.0);
                 // Two experts per token, expert 3 never.
                 let mut routed: Vec<Vec<(usize, f32)>> = vec![Vec::new(); ne];
@@ -405,7 +404,9 @@ mod tests {
                         .build()
                         .unwrap();
                     let mut got = vec![0.0f32; n * e];
-                    pool.install(|| experts_batched(&ex, &h, n, e, &routed, &mut got));
+                    pool.install(|| {
+                        experts_batched(&ex, &h, n, e, &routed, &mut buffers, &mut got)
+                    });
                     assert_eq!(got, want, "{ty_gu} {ty_up} {ty_d} n={n} threads={threads}");
                 }
             }
