@@ -77,10 +77,11 @@ const TYPES: &[GgmlType] = &[
     GgmlType::Q8K,
 ];
 
-/// Row lengths: 1, 3, 7 and 33 blocks (for float types also a long row, so SIMD main loops run).
+/// Row lengths: 1, 3, 7, 8 and 33 blocks (for float types also a long row, so SIMD main loops
+/// run).
 fn lengths(ty: GgmlType) -> Vec<usize> {
     let bs = ty.block_size().unwrap();
-    let mut v: Vec<usize> = [1, 3, 7, 33].iter().map(|n| n * bs).collect();
+    let mut v: Vec<usize> = [1, 3, 7, 8, 33].iter().map(|n| n * bs).collect();
     if bs == 1 {
         v.extend([64, 1031]);
     }
