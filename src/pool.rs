@@ -240,9 +240,29 @@ impl Drop for Finish<'_> {
     }
 }
 
-/// The serial twin of [`run`]: the same calls, in order, on the calling thread.
-pub fn run_serial(n_tasks: usize, f: &(dyn Fn(usize) + Sync)) {
-    (0..n_tasks).for_each(f);
+/// Calls `f(i, chunk)` for each `chunk`-long piece of `data` (the last may be shorter), as
+/// tasks of [`run`]. Each piece goes to one task, behind an uncontended lock, so no `unsafe`.
+pub fn for_each_chunk_mut<T: Send>(
+    data: &mut [T],
+    chunk: usize,
+    f: impl Fn(usize, &mut [T]) + Sync,
+) {
+    let pieces: Vec<Mutex<&mut [T]>> = data.chunks_mut(chunk.max(1)).map(Mutex::new).collect();
+    run(pieces.len(), &|i| {
+        let mut piece = pieces[i].lock().unwrap_or_else(|e| e.into_inner());
+        f(i, &mut piece)
+    });
+}
+
+/// Runs `f` on each item, as tasks of [`run`]; each item is taken by one task only.
+pub fn for_each_owned<T: Send>(items: Vec<T>, f: impl Fn(T) + Sync) {
+    let items: Vec<Mutex<Option<T>>> = items.into_iter().map(|t| Mutex::new(Some(t))).collect();
+    run(items.len(), &|i| {
+        let item = items[i].lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(item) = item {
+            f(item)
+        }
+    });
 }
 
 #[cfg(test)]
@@ -276,6 +296,26 @@ mod tests {
         }
         assert_eq!(sums(4, 0), Vec::<u64>::new());
         assert_eq!(sums(4, 1).len(), 1);
+    }
+
+    #[test]
+    fn chunks_and_owned_items_each_go_to_one_task() {
+        let rp = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap();
+        let mut v: Vec<usize> = vec![0; 1001];
+        rp.install(|| {
+            for_each_chunk_mut(&mut v, 10, |i, c| c.iter_mut().for_each(|x| *x += i + 1))
+        });
+        assert!(v.iter().enumerate().all(|(j, &x)| x == j / 10 + 1));
+        let seen: Vec<AtomicUsize> = (0..100).map(|_| AtomicUsize::new(0)).collect();
+        rp.install(|| {
+            for_each_owned((0..100).collect(), |i: usize| {
+                seen[i].fetch_add(1, Ordering::Relaxed);
+            })
+        });
+        assert!(seen.iter().all(|a| a.load(Ordering::Relaxed) == 1));
     }
 
     #[test]

@@ -15,8 +15,8 @@
 //!   output elements at a time, or sixteen with AVX-512 ([`avx512`]), in passes of up to 64
 //!   (AVX2) or 256 (AVX-512) elements whose accumulators stay in registers.
 //!
-//! Work is split over (token, head) pairs with rayon; each task keeps a scratch score row, so
-//! memory is one row of scores per thread, never the whole (n, n_kv) matrix.
+//! Work is split over (token, head) pairs with `crate::pool`; each task keeps a scratch score row, so
+//! memory is one row of scores per task, never the whole (n, n_kv) matrix.
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
@@ -26,8 +26,6 @@ mod plain;
 
 #[cfg(test)]
 mod tests;
-
-use rayon::prelude::*;
 
 use super::qdot::{selected_level, SimdLevel};
 use super::softmax::softmax;
@@ -150,9 +148,15 @@ pub fn attention_at(level: SimdLevel, inp: &AttnInput<'_>, out: &mut [f32]) {
             .enumerate()
             .for_each(|item| one(&mut s, item));
     } else {
-        out.par_chunks_exact_mut(hd)
-            .enumerate()
-            .for_each_init(Vec::new, one);
+        // Tasks of the spinning pool (rayon's workers slept through half of a prompt's
+        // attention); about 8 per thread, as causal rows grow in cost.
+        let per_task = (out.len() / hd).div_ceil(crate::pool::threads() * 8).max(1);
+        crate::pool::for_each_chunk_mut(out, per_task * hd, |c, o| {
+            let mut s = Vec::new();
+            for (i, oi) in o.chunks_exact_mut(hd).enumerate() {
+                one(&mut s, (c * per_task + i, oi));
+            }
+        });
     }
 }
 

@@ -339,17 +339,29 @@ struct Parts<'a> {
 }
 
 impl Parts<'_> {
-    /// Quantizes `n_rows` rows: here for short inputs, else split in halves across rayon
-    /// threads (long prompts).
+    /// Quantizes `n_rows` rows: here for short inputs, else in pieces of rows on the threads of
+    /// `crate::pool` (long prompts; with rayon's `join` the second half mostly waited for a
+    /// sleeping worker and ran on the caller after the first).
     fn quantize(self, kind: ActKind, n_rows: usize) {
-        if n_rows > 1 && self.x.len() > 1 << 16 {
-            let (a, b) = self.split(n_rows / 2, n_rows);
-            rayon::join(
-                || a.quantize(kind, n_rows / 2),
-                || b.quantize(kind, n_rows - n_rows / 2),
-            );
+        let threads = crate::pool::threads();
+        if threads > 1 && n_rows > 1 && self.x.len() > 1 << 15 {
+            let n_pieces = n_rows.min(threads * 4);
+            let mut pieces = Vec::with_capacity(n_pieces);
+            let (mut rest, mut left) = (self, n_rows);
+            for i in 0..n_pieces {
+                let take = left / (n_pieces - i);
+                let (a, b) = rest.split(take, left);
+                pieces.push((a, take));
+                (rest, left) = (b, left - take);
+            }
+            crate::pool::for_each_owned(pieces, |(p, rows)| p.quantize_here(kind, rows));
             return;
         }
+        self.quantize_here(kind, n_rows);
+    }
+
+    /// Quantizes all rows on the calling thread.
+    fn quantize_here(self, kind: ActKind, _n_rows: usize) {
         if kind == ActKind::Q8K {
             let blocks = self
                 .x
