@@ -6,7 +6,11 @@
 //! slower than one (quiet machine, 2026-11-29: tg128 1597 t/s at 2 threads, 1834 at 1), so every
 //! product under 2^18 multiply-adds had been kept on the calling thread. Handing a job to a
 //! worker that is already spinning costs a store and a cache-line transfer, well under a
-//! microsecond. Measured figures are in README.md's MoE speed section.
+//! microsecond. A worker the OS has not scheduled yet cannot hold the caller up either: when the
+//! caller has run out of tasks it takes back every job not yet picked up. Measured at load 21
+//! (2026-11-29, tiny MoE, `scripts/bench-vs-llamacpp.sh -t 2`): llama.cpp's spinning threads
+//! fell to 7 t/s in decode, dsrun's pool gave 866; without the take-back it fell to 34 t/s at
+//! load 7. Quiet-machine figures against rayon are still to be taken (README.md, MoE speed).
 //!
 //! [`run`] runs `n_tasks` calls `f(0..n_tasks)` on the calling thread and up to
 //! `rayon::current_num_threads() - 1` workers (so `dsrun -t N` and `rayon::ThreadPool::install`

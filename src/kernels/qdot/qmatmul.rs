@@ -29,8 +29,10 @@ pub fn qmatmul_acts(w: &TensorView, acts: &QuantizedActs, out: &mut [f32]) {
 /// Work below this many multiply-adds, over all products of a batch, runs on the calling thread.
 /// Through rayon the bar was 2^18 (the tiny MoE's 256 x 256 matrices, about a hundred per
 /// decoded token, spent more time in rayon than in the kernels); the spinning pool of
-/// [`crate::pool`] hands out work for well under a microsecond, so the bar is much lower.
-/// Figures in README.md's MoE speed section.
+/// [`crate::pool`] hands out work in well under a microsecond, so the bar is lower: a 256 x 256
+/// product is split in four. 2^15 is chosen for a quiet machine and not yet tuned by wall-clock
+/// runs: on 2026-11-29 the machine stayed at load 7 to 21, where any split loses (tiny MoE,
+/// `-n 128 -t 2`: about 1000 t/s with everything on one thread, 550 to 970 with 2^15).
 const PAR_MIN_MACS: usize = 1 << 15;
 
 /// Least work per task, in multiply-adds (about a microsecond with the int8 kernels): finer
