@@ -29,6 +29,7 @@
 //! ggml's (see [`QuantizedActs::to_ggml_row`]); the per-block sums are extras that let VNNI
 //! kernels use unsigned weights (`sum((q + c) * y) - c * sum(y)`).
 
+mod gemm;
 mod plain;
 mod q8;
 mod qmatmul;
@@ -39,6 +40,10 @@ mod avx2;
 mod avx2_k;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+#[cfg(target_arch = "x86_64")]
+mod avx512_gemm;
+#[cfg(target_arch = "x86_64")]
+mod avx512_gemm_k;
 #[cfg(target_arch = "x86_64")]
 mod avx512_k;
 #[cfg(target_arch = "aarch64")]
@@ -51,6 +56,7 @@ use std::sync::OnceLock;
 
 use crate::tensor::GgmlType;
 
+pub use gemm::uses_gemm;
 pub use qmatmul::{qmatmul, qmatmul_acts, qmatmul_acts_at};
 
 /// Values per block of Q8_0 / Q8_1.

@@ -8,7 +8,7 @@
 
 use rayon::prelude::*;
 
-use super::{quantize_acts, selected_level, ActRow, Kernel, QuantizedActs, SimdLevel, MULTI};
+use super::{gemm, quantize_acts, selected_level, ActRow, Kernel, QuantizedActs, SimdLevel, MULTI};
 use crate::tensor::TensorView;
 
 /// Tokens per tile: their quantized rows (about 1.1 bytes per value) stay in L1 together with
@@ -67,6 +67,12 @@ pub fn qmatmul_acts_at(level: SimdLevel, w: &TensorView, acts: &QuantizedActs, o
         w.name
     );
     let kernel = Kernel::new(level, w.ty, acts);
+    if n_tok >= gemm::MIN_TOK {
+        if let Some(f) = gemm::format(level, w.ty) {
+            gemm::gemm(f, w, acts, out);
+            return;
+        }
+    }
     let rows: Vec<ActRow<'_>> = (0..n_tok).map(|t| acts.row(t)).collect();
     let rpt = rows_per_task(m, k, n_tok);
     let n_tasks = m.div_ceil(rpt);

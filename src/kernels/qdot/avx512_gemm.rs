@@ -1,0 +1,232 @@
+//! The AVX-512 VNNI GEMM (see [`super::gemm`]) for the 32-value block types dotted with Q8_0:
+//! Q4_0, Q5_0, Q8_0 and IQ4_NL.
+//!
+//! Panel, per block and strip of 16 rows: vectors 0-7 hold the block's weights plus the
+//! type's offset ([`Pair::OFFSET`]) as unsigned bytes, vector `g` holding values 4g..4g + 4 of
+//! every row (one row per 32-bit lane); vector 8 holds the rows' f32 scales. Per token and
+//! block the integer sum starts at `-OFFSET * sum(y)` (the per-call `prep` array), so after
+//! eight `vpdpbusd` each lane holds exactly the plain twin's `isum`.
+//!
+//! Every function here needs AVX-512 F/BW/VL/VNNI plus AVX2, FMA and F16C; the dispatcher
+//! calls them only after detecting those.
+
+// Per-token and per-strip loops index several parallel arrays at once.
+#![allow(clippy::needless_range_loop)]
+
+use std::arch::x86_64::*;
+
+use super::avx512::Pair;
+use super::gemm::{Format, Lanes, OutPtr, PANEL, RV, STRIP, TOK};
+use super::{QuantizedActs, QK8_0};
+use crate::tensor::quants::as_blocks;
+use crate::tensor::quants::float::f16_to_f32;
+use crate::tensor::quants::iq::BlockIq4Nl;
+use crate::tensor::quants::legacy::{BlockQ4_0, BlockQ5_0, BlockQ8_0};
+use crate::tensor::{GgmlType, TensorView};
+
+/// Panel vectors per block and strip: 8 of weights, 1 of scales.
+const LANES: usize = 9;
+
+pub(super) fn format(ty: GgmlType) -> Option<Format> {
+    use GgmlType::*;
+    Some(match ty {
+        Q4_0 => format_of::<BlockQ4_0>(),
+        Q5_0 => format_of::<BlockQ5_0>(),
+        Q8_0 => format_of::<BlockQ8_0>(),
+        Iq4Nl => format_of::<BlockIq4Nl>(),
+        _ => return None,
+    })
+}
+
+fn format_of<B: Block32>() -> Format {
+    Format {
+        unit: QK8_0,
+        lanes: LANES,
+        pack: pack::<B>,
+        prep: prep::<B>,
+        run: run::<B>,
+    }
+}
+
+/// A 32-value block with one f16 scale and no min.
+pub(super) trait Block32: Pair {
+    fn d(&self) -> [u8; 2];
+}
+
+macro_rules! block32 {
+    ($($t:ty),*) => {$(
+        impl Block32 for $t {
+            fn d(&self) -> [u8; 2] {
+                self.d
+            }
+        }
+    )*};
+}
+block32!(BlockQ4_0, BlockQ5_0, BlockQ8_0, BlockIq4Nl);
+
+/// Per token and block, the integer sum's start: `-OFFSET * sum(y)`.
+fn prep<B: Block32>(acts: &QuantizedActs) -> Vec<i32> {
+    acts.sums.iter().map(|&s| -B::OFFSET * s).collect()
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn pack<B: Block32>(w: &TensorView<'_>, r0: usize, panel: &mut [Lanes]) {
+    let nb = w.n_cols / QK8_0;
+    assert_eq!(panel.len(), nb * RV * LANES);
+    for s in 0..RV {
+        let at = |b: usize, g: usize| (b * RV + s) * LANES + g;
+        for l in 0..STRIP {
+            let r = r0 + s * STRIP + l;
+            if r >= w.n_rows {
+                for b in 0..nb {
+                    for g in 0..LANES {
+                        panel[at(b, g)].0[l] = 0;
+                    }
+                }
+                continue;
+            }
+            let blocks = as_blocks::<B>(w.row(r));
+            for b in (0..nb).step_by(2) {
+                // An odd last block is paired with itself and only its first half kept.
+                let b1 = (b + 1).min(nb - 1);
+                let mut tmp = [0u32; 16];
+                // SAFETY: this function's target features are the helper's; 64 bytes written.
+                unsafe {
+                    let z = B::pair(&blocks[b], &blocks[b1]);
+                    _mm512_storeu_si512(tmp.as_mut_ptr().cast(), z);
+                }
+                let n = if b1 > b { 16 } else { 8 };
+                for (i, &v) in tmp[..n].iter().enumerate() {
+                    panel[at(b + i / 8, i % 8)].0[l] = v;
+                }
+            }
+            for (b, blk) in blocks.iter().enumerate() {
+                panel[at(b, 8)].0[l] = f16_to_f32(blk.d()).to_bits();
+            }
+        }
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn run<B: Block32>(
+    panel: &[Lanes],
+    acts: &QuantizedActs,
+    corr: &[i32],
+    out: OutPtr,
+    r0: usize,
+) {
+    let (n_tok, k) = (acts.n_tok(), acts.k());
+    let nb = k / QK8_0;
+    assert_eq!(panel.len(), nb * RV * LANES);
+    assert!(corr.len() == n_tok * nb && acts.d.len() == n_tok * nb);
+    assert!(acts.qs.len() == n_tok * k && r0 < out.m);
+    let a = Acts {
+        panel: panel.as_ptr(),
+        qs: acts.qs.as_ptr(),
+        d: acts.d.as_ptr(),
+        corr: corr.as_ptr(),
+        nb,
+        k,
+    };
+    let mut t0 = 0;
+    // SAFETY (all calls): the pointers cover (n_tok, ...) as asserted above, the tiles read
+    // tokens t0..t0 + T < n_tok only, and this function's target features are theirs.
+    unsafe {
+        while t0 + TOK <= n_tok {
+            tile::<TOK>(&a, t0, out, r0);
+            t0 += TOK;
+        }
+        match n_tok - t0 {
+            1 => tile::<1>(&a, t0, out, r0),
+            2 => tile::<2>(&a, t0, out, r0),
+            3 => tile::<3>(&a, t0, out, r0),
+            _ => {}
+        }
+    }
+}
+
+/// The panel and the activations, as raw pointers for the microkernel.
+struct Acts {
+    panel: *const Lanes,
+    /// (n_tok, k) quants.
+    qs: *const i8,
+    /// (n_tok, nb) scales.
+    d: *const f32,
+    /// (n_tok, nb) sum starts.
+    corr: *const i32,
+    nb: usize,
+    k: usize,
+}
+
+/// 32 rows x `T` tokens from `t0`: each block's sums start at the offsets' share, take eight
+/// `vpdpbusd` per (strip, token), then `acc += (d_w * d_y) * isum`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+unsafe fn tile<const T: usize>(a: &Acts, t0: usize, out: OutPtr, r0: usize) {
+    let mut acc = [[_mm512_setzero_ps(); T]; RV];
+    // SAFETY: see `run`; panel vectors are 64-byte aligned.
+    unsafe {
+        for b in 0..a.nb {
+            let p = a.panel.add(b * RV * LANES);
+            let mut s = [[_mm512_setzero_si512(); T]; RV];
+            for t in 0..T {
+                let c = _mm512_set1_epi32(*a.corr.add((t0 + t) * a.nb + b));
+                for v in 0..RV {
+                    s[v][t] = c;
+                }
+            }
+            let y = a.qs.add(t0 * a.k + QK8_0 * b);
+            for g in 0..8 {
+                let mut wv = [_mm512_setzero_si512(); RV];
+                for v in 0..RV {
+                    wv[v] = _mm512_load_si512(p.add(v * LANES + g).cast());
+                }
+                for t in 0..T {
+                    let yt = y.add(t * a.k + 4 * g).cast::<i32>().read_unaligned();
+                    let yb = _mm512_set1_epi32(yt);
+                    for v in 0..RV {
+                        s[v][t] = _mm512_dpbusd_epi32(s[v][t], wv[v], yb);
+                    }
+                }
+            }
+            for v in 0..RV {
+                let dw = _mm512_load_ps(p.add(v * LANES + 8).cast());
+                for t in 0..T {
+                    let dy = _mm512_set1_ps(*a.d.add((t0 + t) * a.nb + b));
+                    let dd = _mm512_mul_ps(dw, dy);
+                    let x = _mm512_mul_ps(dd, _mm512_cvtepi32_ps(s[v][t]));
+                    acc[v][t] = _mm512_add_ps(acc[v][t], x);
+                }
+            }
+        }
+        store(&acc, out, r0, t0);
+    }
+}
+
+/// Writes a tile's sums to rows `r0..r0 + 32` (those below `out.m`) of tokens `t0..t0 + T`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+pub(super) unsafe fn store<const T: usize>(
+    acc: &[[__m512; T]; RV],
+    out: OutPtr,
+    r0: usize,
+    t0: usize,
+) {
+    debug_assert!(PANEL == RV * STRIP);
+    for v in 0..RV {
+        let r = r0 + v * STRIP;
+        if r >= out.m {
+            break;
+        }
+        let mask = if out.m - r >= STRIP {
+            u16::MAX
+        } else {
+            ((1u32 << (out.m - r)) - 1) as u16
+        };
+        for t in 0..T {
+            // SAFETY: element (t0 + t, r) is inside the (n_tok, m) output (the caller's tile
+            // is inside it), and the mask keeps the store to rows below m.
+            unsafe { _mm512_mask_storeu_ps(out.ptr.add((t0 + t) * out.m + r), mask, acc[v][t]) };
+        }
+    }
+}
