@@ -73,35 +73,31 @@ fn prep<B: Block32>(acts: &QuantizedActs) -> Vec<i32> {
 unsafe fn pack<B: Block32>(w: &TensorView<'_>, r0: usize, panel: &mut [Lanes]) {
     let nb = w.n_cols / QK8_0;
     assert_eq!(panel.len(), nb * RV * LANES);
+    // Per row of the strip: two blocks' weights (16 dwords), then their two scales.
+    let mut tmp = [[0u32; 18]; STRIP];
     for s in 0..RV {
-        let at = |b: usize, g: usize| (b * RV + s) * LANES + g;
-        for l in 0..STRIP {
-            let r = r0 + s * STRIP + l;
-            if r >= w.n_rows {
-                for b in 0..nb {
-                    for g in 0..LANES {
-                        panel[at(b, g)].0[l] = 0;
-                    }
+        for b in (0..nb).step_by(2) {
+            // An odd last block is paired with itself and only its first half kept.
+            let b1 = (b + 1).min(nb - 1);
+            for (l, t) in tmp.iter_mut().enumerate() {
+                let r = r0 + s * STRIP + l;
+                if r >= w.n_rows {
+                    *t = [0; 18];
+                    continue;
                 }
-                continue;
-            }
-            let blocks = as_blocks::<B>(w.row(r));
-            for b in (0..nb).step_by(2) {
-                // An odd last block is paired with itself and only its first half kept.
-                let b1 = (b + 1).min(nb - 1);
-                let mut tmp = [0u32; 16];
+                let blocks = as_blocks::<B>(w.row(r));
+                let (x, y) = (&blocks[b], &blocks[b1]);
                 // SAFETY: this function's target features are the helper's; 64 bytes written.
-                unsafe {
-                    let z = B::pair(&blocks[b], &blocks[b1]);
-                    _mm512_storeu_si512(tmp.as_mut_ptr().cast(), z);
-                }
-                let n = if b1 > b { 16 } else { 8 };
-                for (i, &v) in tmp[..n].iter().enumerate() {
-                    panel[at(b + i / 8, i % 8)].0[l] = v;
-                }
+                unsafe { _mm512_storeu_si512(t.as_mut_ptr().cast(), B::pair(x, y)) };
+                t[16] = f16_to_f32(x.d()).to_bits();
+                t[17] = f16_to_f32(y.d()).to_bits();
             }
-            for (b, blk) in blocks.iter().enumerate() {
-                panel[at(b, 8)].0[l] = f16_to_f32(blk.d()).to_bits();
+            for (h, bb) in (b..=b1).enumerate() {
+                let dst = &mut panel[(bb * RV + s) * LANES..(bb * RV + s + 1) * LANES];
+                for (g, d) in dst[..8].iter_mut().enumerate() {
+                    d.0 = std::array::from_fn(|l| tmp[l][8 * h + g]);
+                }
+                dst[8].0 = std::array::from_fn(|l| tmp[l][16 + h]);
             }
         }
     }

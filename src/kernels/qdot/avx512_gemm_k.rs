@@ -69,127 +69,125 @@ fn prep_q4k(acts: &QuantizedActs) -> Vec<i32> {
         .collect()
 }
 
-/// Stores 64 bytes into four lanes' worth of `tmp` dwords from `at`.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-#[inline]
-unsafe fn put(tmp: &mut [u32; 64], at: usize, z: __m512i) {
-    assert!(at + 16 <= 64);
-    // SAFETY: 16 dwords from `at` are inside `tmp` (asserted).
-    unsafe { _mm512_storeu_si512(tmp.as_mut_ptr().add(at).cast(), z) };
-}
-
-/// Fills lane `l` of the (n_sb, RV, lanes) panel for strip `s` from `fill(super-block, lanes
-/// of the row)` for every super-block of row `r`, or zeros past the last row.
-fn pack_rows(
+/// Fills the (n_sb, RV, LANES) panel with rows `r0..r0 + PANEL` of `w` (zeros past the last
+/// row): each super-block of 16 rows is unpacked row by row by `unpack`, then written out one
+/// whole vector (16 rows) at a time.
+#[inline(always)]
+fn pack_rows<const LANES: usize>(
     w: &TensorView<'_>,
     r0: usize,
     panel: &mut [Lanes],
-    lanes: usize,
-    mut fill: impl FnMut(&[u8], usize, &mut dyn FnMut(usize, u32)),
+    unpack: impl Fn(&[u8], &mut [u32; LANES]),
 ) {
     let n_sb = w.n_cols / QK_K;
-    assert_eq!(panel.len(), n_sb * RV * lanes);
+    let size = w.ty.type_size().expect("a block type") as usize;
+    assert_eq!(panel.len(), n_sb * RV * LANES);
+    let mut tmp = [[0u32; LANES]; STRIP];
     for s in 0..RV {
-        for l in 0..STRIP {
-            let r = r0 + s * STRIP + l;
-            if r >= w.n_rows {
-                for i in 0..n_sb {
-                    for g in 0..lanes {
-                        panel[(i * RV + s) * lanes + g].0[l] = 0;
-                    }
+        for i in 0..n_sb {
+            for (l, row_tmp) in tmp.iter_mut().enumerate() {
+                let r = r0 + s * STRIP + l;
+                if r < w.n_rows {
+                    unpack(&w.row(r)[i * size..(i + 1) * size], row_tmp);
+                } else {
+                    *row_tmp = [0; LANES];
                 }
-                continue;
             }
-            let row = w.row(r);
-            for i in 0..n_sb {
-                let base = (i * RV + s) * lanes;
-                fill(row, i, &mut |g, v| panel[base + g].0[l] = v);
-            }
+            let dst = &mut panel[(i * RV + s) * LANES..(i * RV + s + 1) * LANES];
+            transpose(&tmp, dst);
         }
+    }
+}
+
+/// `dst[g]` lane `l` = `tmp[l][g]`.
+#[inline(always)]
+pub(super) fn transpose<const N: usize>(tmp: &[[u32; N]; STRIP], dst: &mut [Lanes]) {
+    for (g, d) in dst[..N].iter_mut().enumerate() {
+        d.0 = std::array::from_fn(|l| tmp[l][g]);
     }
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 unsafe fn pack_q4k(w: &TensorView<'_>, r0: usize, panel: &mut [Lanes]) {
-    pack_rows(w, r0, panel, Q4K_LANES, |row, i, set| {
-        let b = &as_blocks::<BlockQ4K>(row)[i];
-        let mut tmp = [0u32; 64];
-        for (c, q) in b.qs.as_chunks::<32>().0.iter().enumerate() {
-            // SAFETY: the enclosing function's target features are the helpers'.
-            unsafe {
-                let bits = load256(q);
-                let z = _mm512_inserti64x4::<1>(
-                    _mm512_castsi256_si512(bits),
-                    _mm256_srli_epi16::<4>(bits),
-                );
-                put(
-                    &mut tmp,
-                    16 * c,
-                    _mm512_and_si512(z, _mm512_set1_epi8(0x0f)),
-                );
-            }
-        }
-        for (g, &v) in tmp.iter().enumerate() {
-            set(g, v);
-        }
-        let (sc, m) = k4_scales_mins_packed(&b.scales);
-        for j in 0..8 {
-            set(64 + j, sc[j] as u32);
-        }
-        for p in 0..4 {
-            set(72 + p, m[2 * p] as u32 | (m[2 * p + 1] as u32) << 16);
-        }
-        set(76, f16_to_f32(b.d).to_bits());
-        set(77, f16_to_f32(b.dmin).to_bits());
+    pack_rows::<Q4K_LANES>(w, r0, panel, |blk, out| {
+        // SAFETY: the enclosing function's target features are the helper's.
+        unsafe { unpack_q4k(&as_blocks::<BlockQ4K>(blk)[0], out) }
     });
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 unsafe fn pack_q6k(w: &TensorView<'_>, r0: usize, panel: &mut [Lanes]) {
-    pack_rows(w, r0, panel, Q6K_LANES, |row, i, set| {
-        let b = &as_blocks::<BlockQ6K>(row)[i];
-        let mut tmp = [0u32; 64];
-        let ql = b.ql.as_chunks::<32>().0;
-        let qh = b.qh.as_chunks::<32>().0;
-        for h in 0..2 {
-            // SAFETY: the enclosing function's target features are the helpers'.
-            unsafe {
-                // Values 128h + 32s + l: nibbles of ql (low for s < 2), bits 2s..2s+2 of qh.
-                let lo = _mm512_inserti64x4::<1>(
-                    _mm512_castsi256_si512(load256(&ql[2 * h])),
-                    load256(&ql[2 * h + 1]),
-                );
-                let hb = load256(&qh[h]);
-                let hh =
-                    _mm512_inserti64x4::<1>(_mm512_castsi256_si512(hb), _mm256_srli_epi16::<2>(hb));
-                let (m4, m_hi) = (_mm512_set1_epi8(0x0f), _mm512_set1_epi8(0x30));
-                let q01 = _mm512_or_si512(
-                    _mm512_and_si512(lo, m4),
-                    _mm512_and_si512(_mm512_slli_epi16::<4>(hh), m_hi),
-                );
-                let q23 = _mm512_or_si512(
-                    _mm512_and_si512(_mm512_srli_epi16::<4>(lo), m4),
-                    _mm512_and_si512(hh, m_hi),
-                );
-                put(&mut tmp, 32 * h, q01);
-                put(&mut tmp, 32 * h + 16, q23);
-            }
-        }
-        for (g, &v) in tmp.iter().enumerate() {
-            set(g, v);
-        }
-        let sc = b.scales.map(|v| v as i8);
-        for j in 0..16 {
-            set(64 + j, sc[j] as i32 as u32);
-        }
-        for p in 0..8 {
-            set(
-                80 + p,
-                sc[2 * p] as u16 as u32 | (sc[2 * p + 1] as u16 as u32) << 16,
-            );
-        }
-        set(88, f16_to_f32(b.d).to_bits());
+    pack_rows::<Q6K_LANES>(w, r0, panel, |blk, out| {
+        // SAFETY: the enclosing function's target features are the helper's.
+        unsafe { unpack_q6k(&as_blocks::<BlockQ6K>(blk)[0], out) }
     });
+}
+
+/// One row's Q4_K super-block as its panel lanes.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+unsafe fn unpack_q4k(b: &BlockQ4K, out: &mut [u32; Q4K_LANES]) {
+    for (c, q) in b.qs.as_chunks::<32>().0.iter().enumerate() {
+        // SAFETY: the enclosing function's target features are the helpers'; 16 dwords
+        // written from 16c < 64.
+        unsafe {
+            let bits = load256(q);
+            let z =
+                _mm512_inserti64x4::<1>(_mm512_castsi256_si512(bits), _mm256_srli_epi16::<4>(bits));
+            let z = _mm512_and_si512(z, _mm512_set1_epi8(0x0f));
+            _mm512_storeu_si512(out.as_mut_ptr().add(16 * c).cast(), z);
+        }
+    }
+    let (sc, m) = k4_scales_mins_packed(&b.scales);
+    for j in 0..8 {
+        out[64 + j] = sc[j] as u32;
+    }
+    for p in 0..4 {
+        out[72 + p] = m[2 * p] as u32 | (m[2 * p + 1] as u32) << 16;
+    }
+    out[76] = f16_to_f32(b.d).to_bits();
+    out[77] = f16_to_f32(b.dmin).to_bits();
+}
+
+/// One row's Q6_K super-block as its panel lanes.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+unsafe fn unpack_q6k(b: &BlockQ6K, out: &mut [u32; Q6K_LANES]) {
+    let ql = b.ql.as_chunks::<32>().0;
+    let qh = b.qh.as_chunks::<32>().0;
+    for h in 0..2 {
+        // SAFETY: the enclosing function's target features are the helpers'; 16 dwords
+        // written from 32h and 32h + 16 < 64.
+        unsafe {
+            // Values 128h + 32s + l: nibbles of ql (low for s < 2), bits 2s..2s+2 of qh.
+            let lo = _mm512_inserti64x4::<1>(
+                _mm512_castsi256_si512(load256(&ql[2 * h])),
+                load256(&ql[2 * h + 1]),
+            );
+            let hb = load256(&qh[h]);
+            let hh =
+                _mm512_inserti64x4::<1>(_mm512_castsi256_si512(hb), _mm256_srli_epi16::<2>(hb));
+            let (m4, m_hi) = (_mm512_set1_epi8(0x0f), _mm512_set1_epi8(0x30));
+            let q01 = _mm512_or_si512(
+                _mm512_and_si512(lo, m4),
+                _mm512_and_si512(_mm512_slli_epi16::<4>(hh), m_hi),
+            );
+            let q23 = _mm512_or_si512(
+                _mm512_and_si512(_mm512_srli_epi16::<4>(lo), m4),
+                _mm512_and_si512(hh, m_hi),
+            );
+            _mm512_storeu_si512(out.as_mut_ptr().add(32 * h).cast(), q01);
+            _mm512_storeu_si512(out.as_mut_ptr().add(32 * h + 16).cast(), q23);
+        }
+    }
+    let sc = b.scales.map(|v| v as i8);
+    for j in 0..16 {
+        out[64 + j] = sc[j] as i32 as u32;
+    }
+    for p in 0..8 {
+        out[80 + p] = sc[2 * p] as u16 as u32 | (sc[2 * p + 1] as u16 as u32) << 16;
+    }
+    out[88] = f16_to_f32(b.d).to_bits();
 }
 
 /// The panel and the activations, as raw pointers for the microkernels.

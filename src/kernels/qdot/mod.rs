@@ -48,6 +48,8 @@ mod avx512_gemm_k;
 mod avx512_k;
 #[cfg(target_arch = "aarch64")]
 mod neon;
+#[cfg(target_arch = "x86_64")]
+mod q8_avx512;
 
 #[cfg(test)]
 mod tests;
@@ -354,6 +356,7 @@ impl Parts<'_> {
             );
             return;
         }
+        let fast = q8::fast();
         if kind == ActKind::Q8K {
             let blocks = self
                 .x
@@ -361,7 +364,7 @@ impl Parts<'_> {
                 .zip(self.qs.chunks_exact_mut(QK_K));
             for (i, (xb, qb)) in blocks.enumerate() {
                 let bsums = &mut self.bsums[16 * i..16 * i + 16];
-                self.d[i] = q8::quantize_block_q8_k(xb, qb, bsums);
+                self.d[i] = q8::q8_k_block(fast, xb, qb, bsums);
             }
             return;
         }
@@ -371,7 +374,7 @@ impl Parts<'_> {
             .chunks_exact(QK8_0)
             .zip(self.qs.chunks_exact_mut(QK8_0));
         for (i, (xb, qb)) in blocks.enumerate() {
-            let (d, sum, s) = q8::quantize_block_q8_0(xb, qb, with_s);
+            let (d, sum, s) = q8::q8_0_block(fast, xb, qb, with_s);
             (self.d[i], self.sums[i]) = (d, sum);
             if let Some(s) = s {
                 self.s[i] = s;
