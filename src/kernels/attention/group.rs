@@ -25,7 +25,10 @@ pub(super) fn scores_pair(
     (sa, sb): (&mut [f32], &mut [f32]),
 ) {
     let hd = qa.len();
-    assert!(hd.is_multiple_of(8) && hd > 0 && qb.len() == hd, "head_dim {hd}");
+    assert!(
+        hd.is_multiple_of(8) && hd > 0 && qb.len() == hd,
+        "head_dim {hd}"
+    );
     assert_eq!(sa.len(), sb.len());
     assert!(sa.is_empty() || k.len() >= (sa.len() - 1) * stride + hd);
     // SAFETY: the dispatcher calls this only on CPUs with the AVX-512 VNNI level (F and DQ
@@ -61,7 +64,8 @@ unsafe fn scores_pair_avx512(
             for c in (0..hd).step_by(8) {
                 let qv = q_at(c);
                 for (r, a) in acc.iter_mut().enumerate() {
-                    let kv = _mm512_broadcast_f32x8(_mm256_loadu_ps(kp.add((8 * b + r) * stride + c)));
+                    let kv =
+                        _mm512_broadcast_f32x8(_mm256_loadu_ps(kp.add((8 * b + r) * stride + c)));
                     *a = _mm512_add_ps(*a, _mm512_mul_ps(qv, kv));
                 }
             }
@@ -104,7 +108,10 @@ pub(super) fn values_group<const Q: usize>(
     o: &mut [f32],
 ) {
     let hd = o.len() / Q;
-    assert!(hd.is_multiple_of(16) && hd > 0 && o.len() == Q * hd, "head_dim {hd}");
+    assert!(
+        hd.is_multiple_of(16) && hd > 0 && o.len() == Q * hd,
+        "head_dim {hd}"
+    );
     let n = p[0].len();
     assert!(p.iter().all(|x| x.len() == n));
     assert!(n == 0 || v.len() >= (n - 1) * stride + hd);

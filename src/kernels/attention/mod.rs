@@ -153,9 +153,7 @@ pub fn attention_at(level: SimdLevel, inp: &AttnInput<'_>, out: &mut [f32]) {
         // One task per (token, key/value head): the group's heads share each key and value
         // row (`group.rs`).
         let chunk = group * hd;
-        let task = |s: &mut Vec<f32>, (idx, o): (usize, &mut [f32])| {
-            grouped(inp, kern, s, idx, o)
-        };
+        let task = |s: &mut Vec<f32>, (idx, o): (usize, &mut [f32])| grouped(inp, kern, s, idx, o);
         if serial {
             let mut s = Vec::new();
             out.chunks_exact_mut(chunk)

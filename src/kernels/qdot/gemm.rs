@@ -23,6 +23,7 @@
 //! | weights            | panel per block (per 16 rows)                            | file               |
 //! |--------------------|----------------------------------------------------------|--------------------|
 //! | Q4_0 Q5_0 Q8_0 IQ4_NL | 8 weight vectors, scales                              | `avx512_gemm.rs`   |
+//! | Q4_1 Q5_1          | 8 weight vectors, scales, mins                           | `avx512_gemm.rs`   |
 //! | Q4_K               | 64 weight vectors, 8 sub-block scales, mins in pairs, d, dmin | `avx512_gemm_k.rs` |
 //! | Q6_K               | 64 weight vectors, 16 sub-block scales, scales in pairs, d | `avx512_gemm_k.rs` |
 //!

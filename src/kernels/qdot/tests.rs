@@ -455,6 +455,8 @@ fn gemm_matches_plain_bit_for_bit() {
         GgmlType::Q5_0,
         GgmlType::Q8_0,
         GgmlType::Iq4Nl,
+        GgmlType::Q4_1,
+        GgmlType::Q5_1,
         GgmlType::Q4K,
         GgmlType::Q6K,
     ];
