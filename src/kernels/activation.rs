@@ -67,7 +67,7 @@ pub fn glu_gelu_f16(gate: &mut [f32], up: &[f32]) {
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c")]
 unsafe fn glu_gelu_f16_avx512(gate: &mut [f32], up: &[f32], table: &[f32]) {
     use std::arch::x86_64::*;
-    assert!(table.len() == 1 << 16 && gate.len() == up.len() && gate.len() % 16 == 0);
+    assert!(table.len() == 1 << 16 && gate.len() == up.len() && gate.len().is_multiple_of(16));
     for (g, u) in gate.chunks_exact_mut(16).zip(up.chunks_exact(16)) {
         // SAFETY: 16 values read and written per chunk; every gather index is a u16, inside the
         // 65536-entry table.

@@ -172,6 +172,7 @@ unsafe fn values_pass<const Q: usize, const V: usize>(
     let hd = o.len() / Q;
     let vp = v.as_ptr();
     let mut acc = [[_mm512_setzero_ps(); V]; Q];
+    #[allow(clippy::needless_range_loop)] // j indexes every head's probabilities
     for j in 0..p[0].len() {
         let mut x = [_mm512_setzero_ps(); V];
         for (i, xi) in x.iter_mut().enumerate() {

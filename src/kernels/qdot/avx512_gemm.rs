@@ -264,7 +264,7 @@ pub(super) unsafe fn store<const T: usize>(
     r0: usize,
     t0: usize,
 ) {
-    debug_assert!(PANEL == RV * STRIP);
+    const { assert!(PANEL == RV * STRIP) };
     for v in 0..RV {
         let r = r0 + v * STRIP;
         if r >= out.m {

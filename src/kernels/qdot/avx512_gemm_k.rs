@@ -80,7 +80,7 @@ fn pack_rows<const LANES: usize>(
     unpack: impl Fn(&[u8], &mut [u32; LANES]),
 ) {
     let n_sb = w.n_cols / QK_K;
-    let size = w.ty.type_size().expect("a block type") as usize;
+    let size = w.ty.type_size().expect("a block type");
     assert_eq!(panel.len(), n_sb * RV * LANES);
     let mut tmp = [[0u32; LANES]; STRIP];
     for s in 0..RV {

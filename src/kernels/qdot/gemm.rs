@@ -43,6 +43,7 @@ pub(super) const RV: usize = 2;
 /// Rows per panel.
 pub(super) const PANEL: usize = STRIP * RV;
 /// Tokens per microkernel tile.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(super) const TOK: usize = 4;
 
 /// Products of fewer tokens use the row kernels.
@@ -56,6 +57,7 @@ pub(super) struct Lanes(pub [u32; STRIP]);
 
 /// The output matrix (n_tok, m), shared by tasks that write disjoint rows of each token.
 #[derive(Clone, Copy)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(super) struct OutPtr {
     pub ptr: *mut f32,
     /// Output row length (the weight's row count).

@@ -125,7 +125,7 @@ pub(super) unsafe fn quantize_block_q8_k(
         let iscale = -127.0 / max;
         let is = _mm512_set1_ps(iscale);
         let magic = _mm512_set1_ps(12582912.0);
-        for c in 0..16 {
+        for (c, bsum) in bsums.iter_mut().enumerate() {
             let v = _mm512_loadu_ps(x.as_ptr().add(16 * c));
             let bits = _mm512_castps_si512(_mm512_add_ps(_mm512_mul_ps(is, v), magic));
             let n = _mm512_sub_epi32(
@@ -134,7 +134,7 @@ pub(super) unsafe fn quantize_block_q8_k(
             );
             let b = _mm512_cvtepi32_epi8(_mm512_min_epi32(n, _mm512_set1_epi32(127)));
             _mm_storeu_si128(qs.as_mut_ptr().add(16 * c).cast(), b);
-            bsums[c] = _mm512_reduce_add_epi32(_mm512_cvtepi8_epi32(b)) as i16;
+            *bsum = _mm512_reduce_add_epi32(_mm512_cvtepi8_epi32(b)) as i16;
         }
         Some(1.0 / iscale)
     }
