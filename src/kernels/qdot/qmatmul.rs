@@ -5,6 +5,10 @@
 //! and each weight row is dotted with every token of the tile while it sits in L1, so a prompt
 //! of n tokens streams the weights from memory once per task, not n times. Each output element
 //! is one kernel call whatever the tiling, so the result does not depend on the thread count.
+//!
+//! On AVX-512 VNNI CPUs, products of [`super::gemm::MIN_TOK`] tokens or more of the types in
+//! [`super::gemm`]'s table go through that GEMM instead (repacked panels, register tiles); its
+//! results equal the plain kernels' bit for bit, again whatever the thread count.
 
 use rayon::prelude::*;
 
