@@ -31,12 +31,12 @@ pub(super) fn scores_pair(
     );
     assert_eq!(sa.len(), sb.len());
     assert!(sa.is_empty() || k.len() >= (sa.len() - 1) * stride + hd);
-    // SAFETY: the dispatcher calls this only on CPUs with the AVX-512 VNNI level (F and DQ
-    // among them, and AVX).
+    // SAFETY: the dispatcher calls this only on CPUs with the AVX-512 VNNI level (F among
+    // them, and AVX2).
     unsafe { scores_pair_avx512(qa, qb, k, stride, scale, sa, sb) }
 }
 
-#[target_feature(enable = "avx512f,avx512dq,avx2,avx")]
+#[target_feature(enable = "avx512f,avx2,avx")]
 unsafe fn scores_pair_avx512(
     qa: &[f32],
     qb: &[f32],
@@ -53,20 +53,23 @@ unsafe fn scores_pair_avx512(
     // SAFETY (every load): key row j spans j * stride .. j * stride + hd inside `k` (asserted
     // by the caller); query offsets stay below hd; stores stay inside sa/sb (8 from 8b < n).
     unsafe {
+        // Two 8-float halves joined and one broadcast to both halves, through the 64-bit-lane
+        // forms of AVX-512 F (the 32-bit ones need DQ, which the level does not check).
         let q_at = |c: usize| {
-            _mm512_insertf32x8::<1>(
-                _mm512_castps256_ps512(_mm256_loadu_ps(qa.as_ptr().add(c))),
-                _mm256_loadu_ps(qb.as_ptr().add(c)),
-            )
+            let lo = _mm512_castps_pd(_mm512_castps256_ps512(_mm256_loadu_ps(qa.as_ptr().add(c))));
+            let hi = _mm256_castps_pd(_mm256_loadu_ps(qb.as_ptr().add(c)));
+            _mm512_castpd_ps(_mm512_insertf64x4::<1>(lo, hi))
+        };
+        let k_at = |j: usize, c: usize| {
+            let k8 = _mm256_castps_pd(_mm256_loadu_ps(kp.add(j * stride + c)));
+            _mm512_castpd_ps(_mm512_broadcast_f64x4(k8))
         };
         for b in 0..n / 8 {
             let mut acc = [_mm512_setzero_ps(); 8];
             for c in (0..hd).step_by(8) {
                 let qv = q_at(c);
                 for (r, a) in acc.iter_mut().enumerate() {
-                    let kv =
-                        _mm512_broadcast_f32x8(_mm256_loadu_ps(kp.add((8 * b + r) * stride + c)));
-                    *a = _mm512_add_ps(*a, _mm512_mul_ps(qv, kv));
+                    *a = _mm512_add_ps(*a, _mm512_mul_ps(qv, k_at(8 * b + r, c)));
                 }
             }
             for (half, s) in [&mut *sa, &mut *sb].into_iter().enumerate() {
@@ -74,7 +77,7 @@ unsafe fn scores_pair_avx512(
                     if half == 0 {
                         _mm512_castps512_ps256(acc[r])
                     } else {
-                        _mm512_extractf32x8_ps::<1>(acc[r])
+                        _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(acc[r])))
                     }
                 });
                 // -0.0 + x == x: the same start as `Sum for f32`.
@@ -88,8 +91,7 @@ unsafe fn scores_pair_avx512(
         for j in n / 8 * 8..n {
             let mut acc = _mm512_setzero_ps();
             for c in (0..hd).step_by(8) {
-                let kv = _mm512_broadcast_f32x8(_mm256_loadu_ps(kp.add(j * stride + c)));
-                acc = _mm512_add_ps(acc, _mm512_mul_ps(q_at(c), kv));
+                acc = _mm512_add_ps(acc, _mm512_mul_ps(q_at(c), k_at(j, c)));
             }
             let mut lanes = [0.0f32; 16];
             _mm512_storeu_ps(lanes.as_mut_ptr(), acc);
