@@ -114,7 +114,12 @@ fn check(name: &str) {
         q8.0 < 1.5 * f16.0 + 0.01,
         "{name}: q8_0 cache drifts from llama.cpp's"
     );
-    assert!(q8.1 >= f16.1 - 0.05, "{name}: q8_0 top-1 agreement");
+    // Top-1 agreement moves by a few of the 76 positions (near-ties) with the float order of
+    // the matrix products alone: SmolLM2 at f16 / q8_0 gave 0.97 / 0.96 with the AVX-512 row
+    // kernels, 0.961 / 0.908 with the AVX2 ones (`DSRUN_SIMD=avx2`) and 0.987 / 0.934 with the
+    // prompt GEMM (the plain kernels' order), mean rel. L2 staying within 0.039-0.058. Hence a
+    // margin of 0.1 (7 positions); the L2 bound above carries the comparison.
+    assert!(q8.1 >= f16.1 - 0.1, "{name}: q8_0 top-1 agreement");
     assert!(q4.0 < 0.2, "{name}: q4_0 cache drifts from llama.cpp's");
     assert!(q4.1 >= 0.75, "{name}: q4_0 top-1 agreement");
     assert!(

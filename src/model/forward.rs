@@ -10,7 +10,7 @@ use super::mla;
 use super::moe::moe_ffn;
 use super::moe_select::MoeState;
 use super::weights::{Attn, AttnWeights, Ffn, Weights};
-use crate::kernels::activation::{gelu_f16_table, glu, silu};
+use crate::kernels::activation::{gelu_f16_table, glu, glu_gelu_f16, silu};
 use crate::kernels::attention::AttnInput;
 use crate::kernels::norm::rms_norm_rows;
 use crate::kernels::rope::RopeParams;
@@ -98,7 +98,10 @@ pub fn forward_moe(
                 let mut g = vec![0.0f32; n * n_ff];
                 let mut u = vec![0.0f32; n * n_ff];
                 kernels::linear_many(&h, n, &mut [(gate, &mut g), (up, &mut u)]);
-                glu(&mut g, &u, act_fn(hp.arch.ffn_act));
+                match hp.arch.ffn_act {
+                    FfnAct::Gelu => glu_gelu_f16(&mut g, &u),
+                    act => glu(&mut g, &u, act_fn(act)),
+                }
                 let mut out = vec![0.0f32; n * e];
                 linear(down, &g, n, &mut out);
                 out

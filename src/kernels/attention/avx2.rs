@@ -6,7 +6,7 @@ use std::arch::x86_64::*;
 
 /// Transposes eight rows of eight lanes: lane `k` of result `i` is lane `i` of input `k`.
 #[inline(always)]
-unsafe fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
+pub(super) unsafe fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
     unsafe {
         let t0 = _mm256_unpacklo_ps(r[0], r[1]);
         let t1 = _mm256_unpackhi_ps(r[0], r[1]);

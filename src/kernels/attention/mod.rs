@@ -22,6 +22,8 @@
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+#[cfg(target_arch = "x86_64")]
+mod group;
 mod plain;
 
 #[cfg(test)]
@@ -142,7 +144,33 @@ pub fn attention_at(level: SimdLevel, inp: &AttnInput<'_>, out: &mut [f32]) {
     // Small batches (decoding at short context) on the calling thread: rayon's wake-up costs
     // more than the work (the bound is qmatmul's, in multiply-adds).
     let n_tok = inp.n_tok();
-    if n_tok * inp.n_head * (inp.pos0 + n_tok) * hd < PAR_MIN_MACS {
+    let serial = n_tok * inp.n_head * (inp.pos0 + n_tok) * hd < PAR_MIN_MACS;
+    #[cfg(target_arch = "x86_64")]
+    if group >= 2 && level >= SimdLevel::Avx512Vnni && level.is_available() && hd.is_multiple_of(16)
+    {
+        // One task per (token, key/value head): the group's heads share each key and value
+        // row (`group.rs`).
+        let chunk = group * hd;
+        let task = |s: &mut Vec<f32>, (idx, o): (usize, &mut [f32])| grouped(inp, kern, s, idx, o);
+        if serial {
+            let mut s = Vec::new();
+            out.chunks_exact_mut(chunk)
+                .enumerate()
+                .for_each(|item| task(&mut s, item));
+        } else {
+            let per_task = (out.len() / chunk)
+                .div_ceil(crate::pool::threads() * 8)
+                .max(1);
+            crate::pool::for_each_chunk_mut(out, per_task * chunk, |c, o| {
+                let mut s = Vec::new();
+                for (i, oi) in o.chunks_exact_mut(chunk).enumerate() {
+                    task(&mut s, (c * per_task + i, oi));
+                }
+            });
+        }
+        return;
+    }
+    if serial {
         let mut s = Vec::new();
         out.chunks_exact_mut(hd)
             .enumerate()
@@ -157,6 +185,67 @@ pub fn attention_at(level: SimdLevel, inp: &AttnInput<'_>, out: &mut [f32]) {
                 one(&mut s, (c * per_task + i, oi));
             }
         });
+    }
+}
+
+/// The heads of key/value head `idx % n_head_kv` for token `idx / n_head_kv` into `o`
+/// (`group` heads, head after head): scores two heads at a time, each head's softmax, then
+/// values four (or two) heads at a time; an odd head through the per-head kernels. `s` is
+/// scratch for the scores, one row of `n_keys + 1` per head (the last for a sink).
+#[cfg(target_arch = "x86_64")]
+fn grouped(inp: &AttnInput<'_>, kern: Kernels, s: &mut Vec<f32>, idx: usize, o: &mut [f32]) {
+    let hd = inp.head_dim;
+    let (q_dim, kv_dim) = (inp.n_head * hd, inp.n_head_kv * hd);
+    let group = inp.n_head / inp.n_head_kv;
+    let (t, kvh) = (idx / inp.n_head_kv, idx % inp.n_head_kv);
+    let pos = inp.pos0 + t;
+    let lo = inp.window.map_or(0, |w| (pos + 1).saturating_sub(w));
+    let n = pos + 1 - lo;
+    let off = lo * kv_dim + kvh * hd;
+    let (k, v) = (&inp.k[off..], &inp.v[off..]);
+    let head0 = kvh * group;
+    let q = |h: usize| &inp.q[t * q_dim + (head0 + h) * hd..][..hd];
+    let row = n + 1;
+    s.clear();
+    s.resize(group * row, 0.0);
+    let mut rows: Vec<&mut [f32]> = s.chunks_exact_mut(row).collect();
+    let mut h = 0;
+    while h < group {
+        if h + 1 < group {
+            let (a, b) = rows[h..h + 2].split_at_mut(1);
+            let pair = (&mut a[0][..n], &mut b[0][..n]);
+            group::scores_pair((q(h), q(h + 1)), k, kv_dim, inp.scale, pair);
+            h += 2;
+        } else {
+            (kern.scores)(q(h), k, kv_dim, inp.scale, &mut rows[h][..n]);
+            h += 1;
+        }
+    }
+    for (h, r) in rows.iter_mut().enumerate() {
+        match inp.sinks {
+            Some(sinks) => {
+                r[n] = sinks[head0 + h];
+                softmax(r);
+            }
+            None => softmax(&mut r[..n]),
+        }
+    }
+    let mut h = 0;
+    while h < group {
+        let left = group - h;
+        let o = &mut o[h * hd..];
+        if left >= 4 {
+            let p = [0, 1, 2, 3].map(|i| &rows[h + i][..n]);
+            group::values_group::<4>(p, v, kv_dim, &mut o[..4 * hd]);
+            h += 4;
+        } else if left >= 2 {
+            let p = [0, 1].map(|i| &rows[h + i][..n]);
+            group::values_group::<2>(p, v, kv_dim, &mut o[..2 * hd]);
+            h += 2;
+        } else {
+            (kern.values)(&rows[h][..n], v, kv_dim, &mut o[..hd]);
+            h += 1;
+        }
     }
 }
 

@@ -60,6 +60,25 @@ const CASES: &[Case] = &[
         n: 4,
         window: None,
     },
+    // Qwen2.5-1.5B's groups: six heads per key/value head (values four then two at a time),
+    // enough work to go parallel
+    Case {
+        n_head: 12,
+        n_head_kv: 2,
+        head_dim: 128,
+        pos0: 5,
+        n: 40,
+        window: None,
+    },
+    // gemma3's shape with a window, key counts past several blocks of eight
+    Case {
+        n_head: 4,
+        n_head_kv: 1,
+        head_dim: 256,
+        pos0: 3,
+        n: 70,
+        window: Some(50),
+    },
     // head_dim 12: not a multiple of 8 (plain everywhere)
     Case {
         n_head: 2,

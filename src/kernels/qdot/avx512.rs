@@ -138,7 +138,7 @@ unsafe fn f16_lanes(v: __m512i) -> __m512 {
 }
 
 /// A 32-value block type as the VNNI loop sees it.
-trait Pair: Block {
+pub(super) trait Pair: Block {
     /// Added to every quant to make it unsigned, and taken back through the activation sums.
     const OFFSET: i32;
     /// Whether the block has a min (`x = d * q + m`), dotted with Q8_1's `s`.

@@ -24,11 +24,18 @@
 //! "8-token": a twin kernel that unpacks each weight block once for eight activation rows, used
 //! by [`qmatmul`] for prompts; its results equal the single-row kernel's bit for bit.
 //!
+//! Prompts (16 tokens or more) of Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL, Q4_K and Q6_K on
+//! AVX-512 VNNI CPUs go through [`gemm`] instead: weights unpacked per task into panels of 32
+//! interleaved rows and multiplied by 32 x 4 register tiles, with the plain kernels' arithmetic
+//! (results equal to them bit for bit). The activations are quantized by AVX-512 twins of the
+//! reference quantizers there ([`q8_avx512`], equal bit for bit).
+//!
 //! Layout of the quantized activations ([`QuantizedActs`]): struct-of-arrays rather than ggml's
 //! packed blocks, so SIMD loads are contiguous and scales are already f32. The values are exactly
 //! ggml's (see [`QuantizedActs::to_ggml_row`]); the per-block sums are extras that let VNNI
 //! kernels use unsigned weights (`sum((q + c) * y) - c * sum(y)`).
 
+mod gemm;
 mod plain;
 mod q8;
 mod qmatmul;
@@ -40,9 +47,15 @@ mod avx2_k;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 #[cfg(target_arch = "x86_64")]
+mod avx512_gemm;
+#[cfg(target_arch = "x86_64")]
+mod avx512_gemm_k;
+#[cfg(target_arch = "x86_64")]
 mod avx512_k;
 #[cfg(target_arch = "aarch64")]
 mod neon;
+#[cfg(target_arch = "x86_64")]
+mod q8_avx512;
 
 #[cfg(test)]
 mod tests;
@@ -51,6 +64,7 @@ use std::sync::OnceLock;
 
 use crate::tensor::GgmlType;
 
+pub use gemm::uses_gemm;
 pub use qmatmul::{
     qmatmul, qmatmul_acts, qmatmul_acts_at, qmatmul_batch, qmatmul_batch_at, Product, Tokens,
 };
@@ -362,6 +376,7 @@ impl Parts<'_> {
 
     /// Quantizes all rows on the calling thread.
     fn quantize_here(self, kind: ActKind, _n_rows: usize) {
+        let fast = q8::fast();
         if kind == ActKind::Q8K {
             let blocks = self
                 .x
@@ -369,7 +384,7 @@ impl Parts<'_> {
                 .zip(self.qs.chunks_exact_mut(QK_K));
             for (i, (xb, qb)) in blocks.enumerate() {
                 let bsums = &mut self.bsums[16 * i..16 * i + 16];
-                self.d[i] = q8::quantize_block_q8_k(xb, qb, bsums);
+                self.d[i] = q8::q8_k_block(fast, xb, qb, bsums);
             }
             return;
         }
@@ -379,7 +394,7 @@ impl Parts<'_> {
             .chunks_exact(QK8_0)
             .zip(self.qs.chunks_exact_mut(QK8_0));
         for (i, (xb, qb)) in blocks.enumerate() {
-            let (d, sum, s) = q8::quantize_block_q8_0(xb, qb, with_s);
+            let (d, sum, s) = q8::q8_0_block(fast, xb, qb, with_s);
             (self.d[i], self.sums[i]) = (d, sum);
             if let Some(s) = s {
                 self.s[i] = s;

@@ -68,6 +68,42 @@ pub(super) fn quantize_block_q8_k(x: &[f32], qs: &mut [i8], bsums: &mut [i16]) -
     1.0 / iscale
 }
 
+/// Whether the selected SIMD level has the AVX-512 quantizers ([`super::q8_avx512`]).
+pub(super) fn fast() -> bool {
+    super::selected_level() >= super::SimdLevel::Avx512Vnni
+}
+
+/// [`quantize_block_q8_0`] through its AVX-512 twin where `fast` and the block allow it.
+pub(super) fn q8_0_block(
+    fast: bool,
+    x: &[f32],
+    qs: &mut [i8],
+    with_s: bool,
+) -> (f32, i32, Option<f32>) {
+    #[cfg(target_arch = "x86_64")]
+    if fast {
+        // SAFETY: `fast` says the CPU has the level's features.
+        if let Some(r) = unsafe { super::q8_avx512::quantize_block_q8_0(x, qs, with_s) } {
+            return r;
+        }
+    }
+    let _ = fast;
+    quantize_block_q8_0(x, qs, with_s)
+}
+
+/// [`quantize_block_q8_k`] through its AVX-512 twin where `fast` and the block allow it.
+pub(super) fn q8_k_block(fast: bool, x: &[f32], qs: &mut [i8], bsums: &mut [i16]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if fast {
+        // SAFETY: `fast` says the CPU has the level's features.
+        if let Some(d) = unsafe { super::q8_avx512::quantize_block_q8_k(x, qs, bsums) } {
+            return d;
+        }
+    }
+    let _ = fast;
+    quantize_block_q8_k(x, qs, bsums)
+}
+
 /// One activation row in ggml's block layout (see `QuantizedActs::to_ggml_row`).
 pub(super) fn to_ggml_row(kind: ActKind, a: &ActRow<'_>) -> Vec<u8> {
     let f16 = |x: f32| f32_to_f16_bits(x).to_le_bytes();

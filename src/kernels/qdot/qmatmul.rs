@@ -5,8 +5,12 @@
 //! and each weight row is dotted with every token of the tile while it sits in L1, so a prompt
 //! of n tokens streams the weights from memory once per task, not n times. Each output element
 //! is one kernel call whatever the tiling, so the result does not depend on the thread count.
+//!
+//! On AVX-512 VNNI CPUs, products over all of [`super::gemm::MIN_TOK`] tokens or more of the
+//! types in [`super::gemm`]'s table go through that GEMM instead (repacked panels, register
+//! tiles); its results equal the plain kernels' bit for bit, again whatever the thread count.
 
-use super::{quantize_acts, selected_level, ActRow, Kernel, QuantizedActs, SimdLevel, MULTI};
+use super::{gemm, quantize_acts, selected_level, ActRow, Kernel, QuantizedActs, SimdLevel, MULTI};
 use crate::tensor::TensorView;
 
 /// Tokens per tile: their quantized rows (about 1.1 bytes per value) stay in L1 together with
@@ -92,7 +96,20 @@ struct Prepared<'a> {
 
 /// [`qmatmul_batch`] at a given SIMD level (which must be available).
 pub fn qmatmul_batch_at(level: SimdLevel, products: &mut [Product<'_>]) {
-    let mut prepared: Vec<Prepared<'_>> = products.iter_mut().map(|p| prepare(level, p)).collect();
+    let mut prepared: Vec<Prepared<'_>> = Vec::with_capacity(products.len());
+    for p in products.iter_mut() {
+        // A prompt-sized product over every token goes through the GEMM on its own (it splits
+        // its panels over the pool itself); the rest share one job below.
+        if matches!(p.tokens, Tokens::All) && p.acts.n_tok() >= gemm::MIN_TOK {
+            if let Some(f) = gemm::format(level, p.w.ty) {
+                // Checks the shapes, and that the CPU has `level` (`Kernel::new`).
+                drop(prepare(level, p));
+                gemm::gemm(f, &p.w, p.acts, p.out);
+                continue;
+            }
+        }
+        prepared.push(prepare(level, p));
+    }
     let work = |p: &Prepared<'_>| p.w.n_rows * p.w.n_cols * p.rows.len();
     let total: usize = prepared.iter().map(work).sum();
     let threads = crate::pool::threads();
@@ -212,7 +229,7 @@ mod tests {
     use crate::tensor::GgmlType;
 
     /// Products over all, a range of, and a list of the activation rows, in one batch, equal
-    /// each element's single dot product bit for bit, with 1 to 3 threads and below and above
+    /// each element's single dot product (the plain one where the GEMM runs) bit for bit, with 1 to 3 threads and below and above
     /// the serial bar.
     #[test]
     fn batch_equals_dot_products() {
@@ -278,8 +295,15 @@ mod tests {
                         },
                     ];
                     rp.install(|| qmatmul_batch(&mut products));
-                    let level = selected_level();
-                    for (s, out) in sel.iter().zip(&outs) {
+                    for (j, (s, out)) in sel.iter().zip(&outs).enumerate() {
+                        // The product over all tokens may go through the GEMM, whose results
+                        // are the plain kernels'.
+                        let level = match selected_level() {
+                            l if j == 0 && super::super::uses_gemm(l, ty, n_tok) => {
+                                SimdLevel::Plain
+                            }
+                            l => l,
+                        };
                         for (i, &t) in s.iter().enumerate() {
                             for r in 0..m {
                                 let want = vec_dot_at(level, ty, w.row(r), &acts, t);

@@ -401,9 +401,15 @@ fn qmatmul_matches_matmul_and_vec_dot() {
             for level in SimdLevel::available() {
                 let mut got = vec![0.0; n_tok * m];
                 qmatmul_acts_at(level, &view, &a, &mut got);
+                // Prompt-sized products through the GEMM equal the plain kernels.
+                let row_level = if uses_gemm(level, ty, n_tok) {
+                    SimdLevel::Plain
+                } else {
+                    level
+                };
                 for t in 0..n_tok {
                     for r in 0..m {
-                        let v = vec_dot_at(level, ty, view.row(r), &a, t);
+                        let v = vec_dot_at(row_level, ty, view.row(r), &a, t);
                         assert_eq!(got[t * m + r], v, "{ty} {level:?} t={t} r={r}");
                         let wf = dequant(ty, view.row(r), k);
                         let bound = act_error_bound(ty, &wf, view.row(r), &a, t);
@@ -433,6 +439,76 @@ fn qmatmul_matches_matmul_and_vec_dot() {
             &mut q,
         );
         assert_eq!(p, q);
+    }
+}
+
+/// The GEMM against the plain kernels, bit for bit, on random bytes (every quant pattern) and
+/// ggml-quantized rows: odd block counts, row counts that leave partial panels and strips,
+/// token counts that leave partial tiles, 1 and 2 threads.
+#[test]
+fn gemm_matches_plain_bit_for_bit() {
+    let mut rng = Rng::new(2026);
+    let Some(&level) = SimdLevel::available().last() else {
+        return;
+    };
+    let types = [
+        GgmlType::Q4_0,
+        GgmlType::Q5_0,
+        GgmlType::Q8_0,
+        GgmlType::Iq4Nl,
+        GgmlType::Q4_1,
+        GgmlType::Q5_1,
+        GgmlType::Q4K,
+        GgmlType::Q6K,
+    ];
+    let mut checked = 0;
+    for ty in types {
+        if !uses_gemm(level, ty, gemm::MIN_TOK) {
+            continue;
+        }
+        let bs = ty.block_size().unwrap();
+        for (n_blocks, m, n_tok) in [(1, 1, 16), (3, 37, 19), (7, 64, 17), (2, 100, 35)] {
+            let k = n_blocks * bs;
+            for random in [true, false] {
+                let wb = if random {
+                    random_rows(ty, k, m, &mut rng)
+                } else {
+                    quantized_rows(ty, k, m, &mut rng)
+                };
+                let view = TensorView {
+                    name: "w",
+                    ty,
+                    n_cols: k,
+                    n_rows: m,
+                    row_bytes: ty.row_bytes(k as u64).unwrap() as usize,
+                    data: &wb,
+                };
+                let a = quantize_acts(ty, &activations(k, n_tok, &mut rng), n_tok, k);
+                for threads in [1, 2] {
+                    let pool = rayon::ThreadPoolBuilder::new()
+                        .num_threads(threads)
+                        .build()
+                        .unwrap();
+                    let mut got = vec![f32::NAN; n_tok * m];
+                    pool.install(|| qmatmul_acts_at(level, &view, &a, &mut got));
+                    for t in 0..n_tok {
+                        for r in 0..m {
+                            let want = vec_dot_at(SimdLevel::Plain, ty, view.row(r), &a, t);
+                            assert_eq!(
+                                got[t * m + r].to_bits(),
+                                want.to_bits(),
+                                "{ty} k={k} m={m} n_tok={n_tok} t={t} r={r}: {} vs {want}",
+                                got[t * m + r]
+                            );
+                        }
+                    }
+                    checked += 1;
+                }
+            }
+        }
+    }
+    if level == SimdLevel::Avx512Vnni {
+        assert_eq!(checked, types.len() * 16);
     }
 }
 
