@@ -39,6 +39,10 @@ pub struct QuantizeArgs {
     /// Type of token_embd.weight
     #[arg(long = "token-embedding-type")]
     pub token_embedding_type: Option<String>,
+    /// Importance matrix (from `dsrun imatrix` or llama-imatrix, GGUF or legacy .dat) to weigh
+    /// the quantizers' rounding errors with, as llama-quantize's --imatrix
+    #[arg(long)]
+    pub imatrix: Option<PathBuf>,
     /// Print the type of each tensor and the sizes, write nothing
     #[arg(long = "dry-run")]
     pub dry_run: bool,
@@ -127,6 +131,7 @@ fn adaptive(args: &QuantizeArgs, opts: &mut QuantizeOptions) -> Result<(), Error
     let copts = CalibrationOptions {
         n_ctx: args.calib_ctx,
         n_chunks: args.calib_chunks,
+        imatrix: opts.imatrix.clone(),
         ..CalibrationOptions::default()
     };
     let bar = if args.quiet {
@@ -202,6 +207,19 @@ pub fn run(args: QuantizeArgs) -> Result<(), CliError> {
         opts.recipe.token_embedding_type = Some(tensor_type("--token-embedding-type", t)?);
     }
     opts.n_threads = args.threads.unwrap_or(0);
+    if let Some(path) = &args.imatrix {
+        let m = dsrun::quantize::ImatrixWeights::load(path)?;
+        if !args.quiet {
+            eprintln!(
+                "dsrun: {} importance-matrix entries from {} ({} chunks)",
+                m.weights.len(),
+                path.display(),
+                m.chunk_count
+            );
+        }
+        opts.imatrix = Some(m);
+        opts.recipe.has_imatrix = true;
+    }
 
     let t0 = Instant::now();
     let source: Box<dyn Source> = if args.input.is_dir() {

@@ -3,6 +3,7 @@
 //! residual → norm → FFN or MoE → (post-norm) → residual; then the output norm and projection.
 //! Activations are f32; a batch of tokens goes through each weight matrix together.
 
+use super::activations::linear;
 use super::arch::FfnAct;
 use super::hparams::HParams;
 use super::kv_cache::KvCache;
@@ -10,11 +11,11 @@ use super::mla;
 use super::moe::moe_ffn;
 use super::moe_select::MoeState;
 use super::weights::{Attn, AttnWeights, Ffn, Weights};
+use crate::kernels;
 use crate::kernels::activation::{gelu_f16_table, glu, silu};
 use crate::kernels::attention::AttnInput;
 use crate::kernels::norm::rms_norm_rows;
 use crate::kernels::rope::RopeParams;
-use crate::kernels::{self, linear};
 
 fn add_bias(x: &mut [f32], b: &Option<Vec<f32>>) {
     if let Some(b) = b {

@@ -2,14 +2,15 @@
 //! top-k experts; tokens are then grouped by expert so each selected expert's rows are read once
 //! per batch, and experts no token picked are never read.
 
+use super::activations::{linear, observe_expert};
 use super::arch::Gating;
 use super::forward::act_fn;
 use super::hparams::HParams;
 use super::moe_select::{select, MoeState};
 use super::routing::{route, route_with, sigmoid, RouteParams};
 use super::weights::{Ffn, SharedExpert};
+use crate::kernels;
 use crate::kernels::activation::{glu, swiglu_oai};
-use crate::kernels::linear;
 use crate::kernels::matmul::dot;
 use crate::kernels::softmax::softmax;
 
@@ -107,8 +108,10 @@ pub fn moe_ffn(
         }
         let mut g = vec![0.0f32; m * n_ff];
         let mut u = vec![0.0f32; m * n_ff];
-        linear(&gate.rows(x * n_ff, n_ff), &hx, m, &mut g);
-        linear(&up.rows(x * n_ff, n_ff), &hx, m, &mut u);
+        observe_expert(gate, x, ne, &hx, m);
+        observe_expert(up, x, ne, &hx, m);
+        kernels::linear(&gate.rows(x * n_ff, n_ff), &hx, m, &mut g);
+        kernels::linear(&up.rows(x * n_ff, n_ff), &hx, m, &mut u);
         if let Some(b) = biases {
             add_rows(&mut g, &b.gate[x * n_ff..(x + 1) * n_ff]);
             add_rows(&mut u, &b.up[x * n_ff..(x + 1) * n_ff]);
@@ -119,7 +122,8 @@ pub fn moe_ffn(
             glu(&mut g, &u, act_fn(hp.arch.ffn_act));
         }
         let mut d = vec![0.0f32; m * e];
-        linear(&down.rows(x * e, e), &g, m, &mut d);
+        observe_expert(down, x, ne, &g, m);
+        kernels::linear(&down.rows(x * e, e), &g, m, &mut d);
         if let Some(b) = biases {
             add_rows(&mut d, &b.down[x * e..(x + 1) * e]);
         }

@@ -28,6 +28,8 @@ pub struct CalibrationOptions {
     /// Tokens per calibration chunk (every position is compared).
     pub n_ctx: usize,
     pub n_chunks: usize,
+    /// Importance weights: trials quantize with them, as the final file will be.
+    pub imatrix: Option<super::ImatrixWeights>,
 }
 
 impl Default for CalibrationOptions {
@@ -42,6 +44,7 @@ impl Default for CalibrationOptions {
             ],
             n_ctx: 256,
             n_chunks: 4,
+            imatrix: None,
         }
     }
 }
@@ -196,10 +199,15 @@ pub fn measure(
         let x = super::to_f32(data.ty.id(), &data.bytes, n).ok_or_else(|| {
             Error::Invalid(format!("tensor {}: cannot decode {}", t.name, data.ty))
         })?;
-        let q =
-            dsrun_quantize::ggml_quantize(ty.id(), &x, t.dims[0] as usize).ok_or_else(|| {
-                Error::Invalid(format!("tensor {}: ggml cannot quantize to {ty}", t.name))
-            })?;
+        let weights = match &opts.imatrix {
+            Some(m) => m.for_tensor(&t.name, &t.dims)?,
+            None => None,
+        };
+        let row_len = t.dims[0] as usize;
+        let per_expert = t.dims.get(1).copied().unwrap_or(1).max(1) as usize;
+        let q = super::quantize_rows(ty.id(), &x, row_len, 0, per_expert, weights).ok_or_else(
+            || Error::Invalid(format!("tensor {}: ggml cannot quantize to {ty}", t.name)),
+        )?;
         let bytes = q.len() as u64;
         let mut w = GgufWriter::new();
         for (key, v) in source.metadata() {
