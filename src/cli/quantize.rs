@@ -228,15 +228,7 @@ pub fn run(args: QuantizeArgs) -> Result<(), CliError> {
         Box::new(GgufSource::open(&args.input)?)
     };
     check_paths(&args.input, &args.output)?;
-    // Ctrl-C: the writer may be mid-file, a trial model mid-measurement; remove both and stop.
-    let tmp = tmp_path(&args.output);
-    let shown = tmp.display().to_string();
-    let _ = ctrlc::set_handler(move || {
-        let _ = std::fs::remove_file(&tmp);
-        let _ = std::fs::remove_file(dsrun::quantize::adaptive::scratch_path());
-        eprintln!("\ndsrun: interrupted; removed the partial output {shown}");
-        std::process::exit(130);
-    });
+    on_signal(tmp_path(&args.output));
     adaptive(&args, &mut opts)?;
     if args.dry_run {
         let planned = quantize::plan(source.as_ref(), &opts)?;
@@ -268,6 +260,42 @@ pub fn run(args: QuantizeArgs) -> Result<(), CliError> {
         t0.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// Ctrl-C (SIGINT) or SIGTERM: the writer may be mid-file, a trial model mid-measurement;
+/// remove both and exit as a shell reports a death by that signal (130, 143).
+fn on_signal(tmp: PathBuf) {
+    let cleanup = move |what: &str, code: i32| {
+        let _ = std::fs::remove_file(&tmp);
+        let _ = std::fs::remove_file(dsrun::quantize::adaptive::scratch_path());
+        eprintln!(
+            "\ndsrun: {what}; removed the partial output {}",
+            tmp.display()
+        );
+        std::process::exit(code);
+    };
+    #[cfg(unix)]
+    {
+        use signal_hook::consts::{SIGINT, SIGTERM};
+        // Without the handler the default action still kills the process; only the
+        // temporary file would stay behind.
+        if let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) {
+            std::thread::spawn(move || {
+                if let Some(sig) = signals.forever().next() {
+                    let what = if sig == SIGTERM {
+                        "terminated"
+                    } else {
+                        "interrupted"
+                    };
+                    cleanup(what, 128 + sig);
+                }
+            });
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrlc::set_handler(move || cleanup("interrupted", 130));
+    }
 }
 
 /// The output must not replace the input (it is memory-mapped while being read) and its folder
