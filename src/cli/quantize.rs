@@ -68,6 +68,11 @@ pub struct QuantizeArgs {
     /// Tokens per calibration chunk
     #[arg(long = "calib-ctx", default_value_t = 256)]
     pub calib_ctx: usize,
+    /// Measure the divergence with these types only (one or two, e.g. Q3_K,Q8_0) and estimate
+    /// the other candidates' from their importance-weighted errors: one or two model
+    /// evaluations per tensor instead of five
+    #[arg(long = "probe-type")]
+    pub probe_type: Option<String>,
     /// Write the chosen recipe (each tensor's type, and the measurements) as JSON
     #[arg(long = "recipe-out")]
     pub recipe_out: Option<PathBuf>,
@@ -134,6 +139,23 @@ fn adaptive(args: &QuantizeArgs, opts: &mut QuantizeOptions) -> Result<(), Error
         imatrix: opts.imatrix.clone(),
         ..CalibrationOptions::default()
     };
+    let mut copts = copts;
+    if let Some(list) = &args.probe_type {
+        for p in list.split(',') {
+            let ty = tensor_type("--probe-type", p.trim())?;
+            if !copts.candidates.contains(&ty) {
+                return Err(Error::Invalid(format!(
+                    "--probe-type {p}: not one of the candidate types (Q3_K, Q4_K, Q5_K, Q6_K, Q8_0)"
+                )));
+            }
+            copts.probe.push(ty);
+        }
+        if copts.probe.len() > 2 {
+            return Err(Error::Invalid(
+                "--probe-type: one or two types (e.g. Q3_K,Q8_0)".into(),
+            ));
+        }
+    }
     let bar = if args.quiet {
         ProgressBar::hidden()
     } else {
@@ -262,12 +284,10 @@ pub fn run(args: QuantizeArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-/// Ctrl-C (SIGINT) or SIGTERM: the writer may be mid-file, a trial model mid-measurement;
-/// remove both and exit as a shell reports a death by that signal (130, 143).
+/// Ctrl-C (SIGINT) or SIGTERM: the writer may be mid-file; remove the partial output and exit as a shell reports a death by that signal (130, 143).
 fn on_signal(tmp: PathBuf) {
     let cleanup = move |what: &str, code: i32| {
         let _ = std::fs::remove_file(&tmp);
-        let _ = std::fs::remove_file(dsrun::quantize::adaptive::scratch_path());
         eprintln!(
             "\ndsrun: {what}; removed the partial output {}",
             tmp.display()

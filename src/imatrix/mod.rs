@@ -168,12 +168,36 @@ impl Collector {
     }
 }
 
-/// Removes the observer however `compute` leaves (an error, a panic in the forward pass).
+/// Removes the observer however `gather` leaves (an error, a panic in the forward pass).
 struct Uninstall;
 impl Drop for Uninstall {
     fn drop(&mut self) {
         activations::set_observer(None);
     }
+}
+
+/// Runs `f` with an observer on this thread that sums the inputs of every matrix product of the
+/// repeating layers (and of the output with `process_output`), as `compute` does; returns the
+/// sums by weight name and what `f` returned.
+pub fn gather<R>(
+    process_output: bool,
+    f: impl FnOnce() -> Result<R>,
+) -> Result<(BTreeMap<String, Entry>, R)> {
+    let collector = Rc::new(RefCell::new(Collector {
+        process_output,
+        ..Collector::default()
+    }));
+    let c = collector.clone();
+    activations::set_observer(Some(Box::new(move |i: &Input| c.borrow_mut().observe(i))));
+    let uninstall = Uninstall;
+    let r = f();
+    drop(uninstall);
+    let r = r?;
+    let mut c = collector.borrow_mut();
+    if let Some(m) = &c.non_finite {
+        return Err(Error::Invalid(format!("importance matrix: {m}")));
+    }
+    Ok((std::mem::take(&mut c.entries), r))
 }
 
 /// Computes the importance matrix of `model` on `text`; `progress(done, total)` after each chunk.
@@ -205,28 +229,18 @@ pub fn compute(
         return Err(Error::Invalid("--chunks 0: nothing to compute".into()));
     }
     let mut session = Session::new(model, n_ctx, opts.n_batch.clamp(1, n_ctx))?;
-
-    let collector = Rc::new(RefCell::new(Collector {
-        process_output: opts.process_output,
-        ..Collector::default()
-    }));
-    let c = collector.clone();
-    activations::set_observer(Some(Box::new(move |i: &Input| c.borrow_mut().observe(i))));
-    let _uninstall = Uninstall;
-    for (i, chunk) in chunks.iter().enumerate() {
-        session.clear();
-        if opts.process_output {
-            session.eval_all(chunk)?;
-        } else {
-            session.eval(chunk)?;
+    let (entries, ()) = gather(opts.process_output, || {
+        for (i, chunk) in chunks.iter().enumerate() {
+            session.clear();
+            if opts.process_output {
+                session.eval_all(chunk)?;
+            } else {
+                session.eval(chunk)?;
+            }
+            progress(i + 1, chunks.len());
         }
-        if let Some(m) = &collector.borrow().non_finite {
-            return Err(Error::Invalid(format!("importance matrix: {m}")));
-        }
-        progress(i + 1, chunks.len());
-    }
-    drop(_uninstall);
-    let entries = std::mem::take(&mut collector.borrow_mut().entries);
+        Ok(())
+    })?;
     Ok(Imatrix {
         entries,
         datasets: if opts.dataset.is_empty() {
