@@ -91,7 +91,7 @@ impl ImatrixWeights {
         let Some(w) = self.weights.get(name) else {
             return Ok(None);
         };
-        let want = dims[0] * dims.get(2).copied().unwrap_or(1);
+        let want = dims.first().copied().unwrap_or(1) * dims.get(2).copied().unwrap_or(1);
         if w.len() as u64 == want {
             return Ok(Some(w));
         }
