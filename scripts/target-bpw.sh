@@ -8,7 +8,8 @@
 #   shipped Q4_1 file dequantized to F32 (`dsrun quantize --allow-requantize ... F32`, exact);
 #   evaluated on wikitext-2 test (first 10 chunks of 512). To keep the measuring affordable on 2
 #   cores, each tensor is run with Q3_K and Q8_0 only and the other types are estimated from
-#   their importance-weighted errors (--probe-type Q3_K,Q8_0), on one chunk of 128 tokens.
+#   their importance-weighted errors (--probe-type Q3_K,Q8_0), on one chunk of 64 tokens, and
+#   the recipe is measured once: the imatrix row applies it with --imatrix (--recipe).
 #
 # Calibration text (for --target-size and for the importance matrix): the first 400 KB of Pride
 # and Prejudice, never the evaluation text. The llama.cpp rows are made by llama-quantize (with
@@ -50,9 +51,9 @@ row() {
   echo "| $name | $size ($(awk -v a="$size" -v b="$ref_size" 'BEGIN{printf "%+.2f%%", (a/b-1)*100}')) | $kld | $ppl | $same |"
 }
 
-# compare NAME REF_GGUF EVAL_TEXT "EVAL_FLAGS" "CALIB_FLAGS"
+# compare NAME REF_GGUF EVAL_TEXT "EVAL_FLAGS" "CALIB_FLAGS" measure|reuse
 compare() {
-  local name=$1 ref=$2 eval_text=$3 eval_flags=$4 calib_flags=$5
+  local name=$1 ref=$2 eval_text=$3 eval_flags=$4 calib_flags=$5 imat_mode=$6
   local w="$work/$name"
   mkdir -p "$w"
   "$bin" imatrix -m "$ref" -f "$work/calib.txt" -o "$w/imatrix.gguf" -c 512 --chunks 16 \
@@ -66,13 +67,20 @@ compare() {
   t0=$(date +%s)
   # shellcheck disable=SC2086
   "$bin" quantize -q -t "$threads" "$ref" "$w/adaptive.gguf" Q4_K_M --target-size "$bytes" \
-    -f "$work/calib.txt" $calib_flags --recipe-out "$w/recipe.json" 2>"$w/ad.log"
+    -f "$work/calib.txt" $calib_flags --recipe-out "$w/recipe.json" 2>"$w/ad.log" \
+    || { cat "$w/ad.log" >&2; exit 1; }
   secs=$(( $(date +%s) - t0 ))
   t0=$(date +%s)
-  # shellcheck disable=SC2086
-  "$bin" quantize -q -t "$threads" --imatrix "$w/imatrix.gguf" "$ref" "$w/adaptive-imat.gguf" \
-    Q4_K_M --target-size "$bytes_i" -f "$work/calib.txt" $calib_flags \
-    --recipe-out "$w/recipe-imat.json" 2>"$w/adi.log"
+  if [ "$imat_mode" = measure ]; then
+    # shellcheck disable=SC2086
+    "$bin" quantize -q -t "$threads" --imatrix "$w/imatrix.gguf" "$ref" "$w/adaptive-imat.gguf" \
+      Q4_K_M --target-size "$bytes_i" -f "$work/calib.txt" $calib_flags \
+      --recipe-out "$w/recipe-imat.json" 2>"$w/adi.log" || { cat "$w/adi.log" >&2; exit 1; }
+  else
+    "$bin" quantize -q -t "$threads" --imatrix "$w/imatrix.gguf" "$ref" "$w/adaptive-imat.gguf" \
+      Q4_K_M --recipe "$w/recipe.json" 2>"$w/adi.log"
+    echo "recipe: the one above, applied with --imatrix" >"$w/adi.log"
+  fi
   secs_i=$(( $(date +%s) - t0 ))
   grep -h '^recipe:' "$w/ad.log" "$w/adi.log" >&2
   # shellcheck disable=SC2086
@@ -88,19 +96,20 @@ compare() {
   row "llama.cpp Q4_K_M" "$w/q4_k_m.gguf" "$w/base.kld" "$ref_size"
   row "dsrun \`--target-size\` (measured in ${secs} s)" "$w/adaptive.gguf" "$w/base.kld" "$ref_size"
   row "llama.cpp Q4_K_M \`--imatrix\`" "$w/q4_k_m-imat.gguf" "$w/base.kld" "$ref_size"
-  row "dsrun \`--target-size --imatrix\` (measured in ${secs_i} s)" "$w/adaptive-imat.gguf" \
-    "$w/base.kld" "$ref_size"
+  local how="measured in ${secs_i} s"
+  [ "$imat_mode" = measure ] || how="the recipe above"
+  row "dsrun \`--target-size --imatrix\` ($how)" "$w/adaptive-imat.gguf" "$w/base.kld" "$ref_size"
   if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP/$name" && cp "$w"/*.json "$w"/*.log "$KEEP/$name/"; fi
   rm -f "$w"/*.gguf
 }
 
 if [ "$which" = tiny ] || [ "$which" = all ]; then
   compare tiny models/tiny-qwen3moe/tiny-qwen3moe-f16.gguf models/tiny-qwen3moe/heldout.txt \
-    "" "--calib-chunks 2 --calib-ctx 256"
+    "" "--calib-chunks 2 --calib-ctx 256" measure
 fi
 if [ "$which" = smollm2 ] || [ "$which" = all ]; then
   "$bin" quantize -q --allow-requantize models/SmolLM2-135M-Instruct.Q4_1.gguf \
     "$work/smollm2-f32.gguf" F32 2>/dev/null
   compare smollm2 "$work/smollm2-f32.gguf" "$shared/corpora/wikitext-2-raw/wiki.test.raw" \
-    "--chunks 10" "--calib-chunks 1 --calib-ctx 128 --probe-type Q3_K,Q8_0"
+    "--chunks 10" "--calib-chunks 1 --calib-ctx 64 --probe-type Q3_K,Q8_0" reuse
 fi

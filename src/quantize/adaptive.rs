@@ -188,7 +188,8 @@ pub fn measure(
     let tensors = source.tensors();
     let default = RecipeOptions::default();
     let mut fixed_bytes = 0;
-    let mut todo: Vec<(usize, Vec<GgmlType>)> = Vec::new();
+    // (tensor, candidate types, the types to run the model with)
+    let mut todo: Vec<(usize, Vec<GgmlType>, Vec<GgmlType>)> = Vec::new();
     for (i, t) in tensors.iter().enumerate() {
         let desc = TensorDesc {
             name: t.name.clone(),
@@ -205,33 +206,33 @@ pub fn measure(
                 t.name, t.ty
             )));
         }
-        let cands: Vec<GgmlType> = opts
-            .candidates
-            .iter()
-            .copied()
-            .filter(|c| c.row_bytes(t.dims[0]).is_some())
-            .collect();
+        // Rows that are not whole 256-blocks get llama.cpp's fallbacks (Q3_K -> Q4_0, Q4_K ->
+        // Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0), as the quantizer would give them.
+        let mut cands: Vec<GgmlType> = Vec::new();
+        for &c in &opts.candidates {
+            let c = recipe::fallback(&desc, c)?;
+            if !cands.contains(&c) && c.row_bytes(t.dims[0]).is_some() {
+                cands.push(c);
+            }
+        }
+        let mut probes: Vec<GgmlType> = Vec::new();
+        for &p in &opts.probe {
+            let p = recipe::fallback(&desc, p)?;
+            if cands.contains(&p) && !probes.contains(&p) {
+                probes.push(p);
+            }
+        }
+        if probes.is_empty() {
+            probes = cands.clone();
+        }
         if !cands.is_empty() {
-            todo.push((i, cands));
+            todo.push((i, cands, probes));
         }
     }
-    let probes = |c: &[GgmlType]| -> Vec<GgmlType> {
-        let p: Vec<GgmlType> = opts
-            .probe
-            .iter()
-            .copied()
-            .filter(|p| c.contains(p))
-            .collect();
-        if p.is_empty() {
-            c.to_vec()
-        } else {
-            p
-        }
-    };
-    let n_trials: usize = todo.iter().map(|(_, c)| probes(c).len()).sum();
+    let n_trials: usize = todo.iter().map(|(_, _, p)| p.len()).sum();
     let mut done = 0;
     let mut out: BTreeMap<String, Vec<Candidate>> = BTreeMap::new();
-    for (i, cands) in &todo {
+    for (i, cands, run_types) in &todo {
         let t = &tensors[*i];
         let data = source.read(*i)?;
         let n = t.n_elements() as usize;
@@ -244,7 +245,6 @@ pub fn measure(
         };
         let row_len = t.dims[0] as usize;
         let per_expert = t.dims.get(1).copied().unwrap_or(1).max(1) as usize;
-        let run_types = probes(cands);
         let mut measured: Vec<Candidate> = Vec::new();
         for &ty in cands {
             let q = super::quantize_rows(ty.id(), &x, row_len, 0, per_expert, weights).ok_or_else(
