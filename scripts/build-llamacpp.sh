@@ -27,7 +27,7 @@ BUILD="$OUT/build"  # the CMake build folder
 BIN="$BUILD/bin"
 STAMP="$OUT/source.sha256"
 JOBS="${JOBS:-2}"
-TARGETS=(llama-bench llama-perplexity llama-completion llama-tokenize llama-quantize)
+TARGETS=(llama-bench llama-perplexity llama-completion llama-tokenize llama-quantize llama-imatrix)
 
 built() {
     [[ -f "$STAMP" && "$(cat "$STAMP")" == "$SHA256" ]] || return 1

@@ -9,6 +9,7 @@ pub mod engine;
 pub mod error;
 pub mod gguf;
 pub mod gpu;
+pub mod imatrix;
 pub mod kernels;
 pub mod model;
 pub mod perplexity;

@@ -32,8 +32,9 @@ fn convert(input: &Path, ftype: &str) -> PathBuf {
     out
 }
 
-/// Keys whose values come from the folder's name and file statistics, not the model.
-const NAMING_KEYS: &[&str] = &["general.name", "general.size_label"];
+/// Keys whose values come from the folder's name (the converter's heuristics), not the model.
+/// `general.size_label` is compared: dsrun counts the parameters as the converter does.
+const NAMING_KEYS: &[&str] = &["general.name"];
 
 fn same_model(ours: &Path, reference: &str) {
     let a = GgufFile::open(ours).unwrap();

@@ -189,10 +189,10 @@ fn full_disk_leaves_nothing() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-#[test]
-fn ctrl_c_leaves_nothing() {
+/// `kill -SIG` mid-write: one line saying so, exit code 128 + the signal, no file left.
+fn signal_leaves_nothing(sig: &str, code: i32, said: &str) {
     let input = common::model(common::SMOLLM2);
-    let dir = scratch_dir("sigint");
+    let dir = scratch_dir(&format!("sig{sig}"));
     let out = dir.join("o.gguf");
     let child = Command::new(env!("CARGO_BIN_EXE_dsrun"))
         .args(["quantize", "-q", "--allow-requantize", "-t", "1"])
@@ -209,14 +209,24 @@ fn ctrl_c_leaves_nothing() {
     }
     assert!(tmp.exists(), "the temporary file never appeared");
     let killed = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
+        .args([&format!("-{sig}"), &child.id().to_string()])
         .status()
         .unwrap();
     assert!(killed.success());
     let r = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&r.stderr);
-    assert_eq!(r.status.code(), Some(130), "{err}");
-    assert!(err.contains("interrupted"), "{err}");
+    assert_eq!(r.status.code(), Some(code), "{err}");
+    assert!(err.contains(said), "{err}");
     assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn ctrl_c_leaves_nothing() {
+    signal_leaves_nothing("INT", 130, "interrupted");
+}
+
+#[test]
+fn sigterm_leaves_nothing() {
+    signal_leaves_nothing("TERM", 143, "terminated");
 }

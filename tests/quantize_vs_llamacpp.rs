@@ -151,3 +151,71 @@ fn recipe_file_equals_llama_quantize_tensor_type_overrides() {
     std::fs::remove_file(out).unwrap();
     std::fs::remove_file(recipe).unwrap();
 }
+
+/// `--target-size` end to end on a small calibration (one chunk of 16 tokens): every candidate
+/// run, then only Q4_K run and the others estimated; the probe's measurements equal the full
+/// run's, the estimates are filled in, and both files meet the size and load in llama.cpp.
+#[test]
+fn target_size_with_and_without_probe() {
+    let input = common::model(common::TINY_F16);
+    let calib = common::model("tiny-qwen3moe/heldout.txt");
+    let target = "14000000";
+    let mut recipes = Vec::new();
+    for (tag, extra) in [("full", vec![]), ("probe", vec!["--probe-type", "Q4_K"])] {
+        let out = scratch(&format!("adaptive-{tag}.gguf"));
+        let recipe = scratch(&format!("adaptive-{tag}.json"));
+        let mut args = vec![
+            "quantize",
+            "-q",
+            "-t",
+            "2",
+            input.to_str().unwrap(),
+            out.to_str().unwrap(),
+            "Q4_K_M",
+            "--target-size",
+            target,
+            "-f",
+            calib.to_str().unwrap(),
+            "--calib-chunks",
+            "1",
+            "--calib-ctx",
+            "16",
+            "--recipe-out",
+            recipe.to_str().unwrap(),
+        ];
+        args.extend_from_slice(&extra);
+        let r = dsrun(&args);
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&recipe).unwrap()).unwrap();
+        assert!(json["bytes"].as_u64().unwrap() <= 14_000_000);
+        llama_runs(&out);
+        std::fs::remove_file(&out).unwrap();
+        recipes.push(json);
+    }
+    let (full, probe) = (
+        &recipes[0]["sensitivity"]["tensors"],
+        &recipes[1]["sensitivity"]["tensors"],
+    );
+    let tensors = full.as_object().unwrap();
+    assert_eq!(tensors.len(), 44);
+    for (name, cands) in tensors {
+        for (a, b) in cands
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(probe[name].as_array().unwrap())
+        {
+            assert_eq!(a["type"], b["type"]);
+            assert_eq!(a["measured"], true);
+            assert_eq!(b["measured"], b["type"] == "Q4_K", "{name} {}", b["type"]);
+            assert_eq!(a["weighted_error"], b["weighted_error"], "{name}");
+            let (ka, kb) = (a["kld"].as_f64().unwrap(), b["kld"].as_f64().unwrap());
+            if b["type"] == "Q4_K" {
+                assert_eq!(ka, kb, "{name}: the probe is the same measurement");
+            } else {
+                assert!(kb.is_finite() && kb >= 0.0, "{name}: estimate {kb}");
+            }
+        }
+    }
+}

@@ -176,15 +176,31 @@ pub fn ggml_dequantize(type_id: u32, src: &[u8], n: usize) -> Option<Vec<f32>> {
 /// Q8_K) go through that instead. `None` for types that need an importance matrix (IQ2_XXS,
 /// IQ2_XS, IQ1_S), types with no quantizer, or lengths that are not whole rows of whole blocks.
 pub fn ggml_quantize(type_id: u32, src: &[f32], n_per_row: usize) -> Option<Vec<u8>> {
+    ggml_quantize_imatrix(type_id, src, n_per_row, None)
+}
+
+/// As [`ggml_quantize`], with an importance matrix: one weight per column (`n_per_row`
+/// values) for every row, as llama-quantize passes its imatrix to `ggml_quantize_chunk`. Types
+/// that need one (IQ2_XXS, IQ2_XS, IQ1_S, ...) then work; types that do not use one ignore it.
+/// `None` also when the weights are not `n_per_row` long.
+pub fn ggml_quantize_imatrix(
+    type_id: u32,
+    src: &[f32],
+    n_per_row: usize,
+    imatrix: Option<&[f32]>,
+) -> Option<Vec<u8>> {
     if !CHUNK_TYPES.contains(&type_id) {
         return ggml_quantize_row_ref(type_id, src);
     }
     if n_per_row == 0 || !src.len().is_multiple_of(n_per_row) {
         return None;
     }
+    if imatrix.is_some_and(|w| w.len() != n_per_row) {
+        return None;
+    }
     let row_bytes = row_size(type_id, n_per_row)?;
     // SAFETY: plain query on an id inside ggml's table (CHUNK_TYPES holds only such ids).
-    if unsafe { sys::ggml_quantize_requires_imatrix(type_id) } {
+    if imatrix.is_none() && unsafe { sys::ggml_quantize_requires_imatrix(type_id) } {
         return None;
     }
     let n_rows = src.len() / n_per_row;
@@ -192,8 +208,9 @@ pub fn ggml_quantize(type_id: u32, src: &[f32], n_per_row: usize) -> Option<Vec<
     // SAFETY: a valid type id; ggml_quantize_init only builds lookup tables (under ggml's lock).
     unsafe { sys::ggml_quantize_init(type_id) };
     // SAFETY: `src` holds `n_rows * n_per_row` floats and `out` `n_rows` rows of `row_bytes`;
-    // start 0 and a whole number of blocks per row satisfy ggml's asserts, and no importance
-    // matrix is needed (checked above).
+    // start 0 and a whole number of blocks per row satisfy ggml's asserts; the importance
+    // matrix, when there is one, has `n_per_row` weights (what ggml reads), and is present
+    // where the type requires it (checked above).
     let written = unsafe {
         sys::ggml_quantize_chunk(
             type_id,
@@ -202,7 +219,7 @@ pub fn ggml_quantize(type_id: u32, src: &[f32], n_per_row: usize) -> Option<Vec<
             0,
             n_rows as i64,
             n_per_row as i64,
-            std::ptr::null(),
+            imatrix.map_or(std::ptr::null(), |w| w.as_ptr()),
         )
     };
     (written == out.len).then(|| out.into_bytes())
@@ -262,6 +279,30 @@ mod tests {
         assert!(ggml_quantize(sys::GGML_TYPE_Q4_0, &[0.0; 64], 0).is_none());
         assert!(ggml_quantize(sys::GGML_TYPE_IQ2_XXS, &[0.0; 256], 256).is_none());
         assert!(ggml_quantize_row_ref(sys::GGML_TYPE_Q8_0, &[0.0; 33]).is_none());
+        let w = [1.0f32; 128];
+        assert!(
+            ggml_quantize_imatrix(sys::GGML_TYPE_IQ2_XXS, &[0.0; 256], 256, Some(&w)).is_none()
+        );
+    }
+
+    #[test]
+    fn imatrix_changes_k_quants_and_enables_iq2() {
+        let x: Vec<f32> = (0..512)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+            .collect();
+        let mut w = vec![1.0f32; 256];
+        w[..16].iter_mut().for_each(|v| *v = 100.0);
+        let plain = ggml_quantize(sys::GGML_TYPE_Q4_K, &x, 256).unwrap();
+        let weighted = ggml_quantize_imatrix(sys::GGML_TYPE_Q4_K, &x, 256, Some(&w)).unwrap();
+        assert_eq!(plain.len(), weighted.len());
+        assert_ne!(plain, weighted);
+        let iq2 = ggml_quantize_imatrix(sys::GGML_TYPE_IQ2_XXS, &x, 256, Some(&w)).unwrap();
+        assert!(ggml_validate_row_data(sys::GGML_TYPE_IQ2_XXS, &iq2));
+        // Types that take no importance weights ignore them.
+        assert_eq!(
+            ggml_quantize(sys::GGML_TYPE_Q8_0, &x, 256),
+            ggml_quantize_imatrix(sys::GGML_TYPE_Q8_0, &x, 256, Some(&w))
+        );
     }
 
     #[test]

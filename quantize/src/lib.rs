@@ -13,7 +13,7 @@ pub mod gguf_ref;
 pub mod llama;
 
 pub use ggml::{
-    ggml_blck_size, ggml_dequantize, ggml_quantize, ggml_quantize_row_ref, ggml_type_name,
-    ggml_type_size, ggml_validate_row_data,
+    ggml_blck_size, ggml_dequantize, ggml_quantize, ggml_quantize_imatrix, ggml_quantize_row_ref,
+    ggml_type_name, ggml_type_size, ggml_validate_row_data,
 };
 pub use gguf_ref::{read_gguf, read_gguf_bytes, GgufKv, GgufRef, GgufTensor, GgufValue};

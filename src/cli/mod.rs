@@ -4,6 +4,7 @@ mod bench;
 mod calibrate;
 mod chat;
 mod common;
+mod imatrix;
 mod info;
 mod kv;
 mod perplexity;
@@ -40,6 +41,8 @@ pub enum Command {
     /// Learn how many experts each token needs from a text, within a KL-divergence budget, and
     /// store the rule in a copy of the model
     Calibrate(calibrate::CalibrateArgs),
+    /// Compute an importance matrix for the quantizers from calibration text, as llama-imatrix
+    Imatrix(imatrix::ImatrixArgs),
     /// Convert a GGUF file or a Hugging Face folder to a GGUF of a llama-quantize type (Q4_K_M, ...)
     #[cfg(feature = "quantize")]
     Quantize(quantize::QuantizeArgs),
@@ -90,6 +93,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Perplexity(args) => perplexity::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Calibrate(args) => calibrate::run(args),
+        Command::Imatrix(args) => imatrix::run(args),
         #[cfg(feature = "quantize")]
         Command::Quantize(args) => quantize::run(args),
     }

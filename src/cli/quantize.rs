@@ -39,6 +39,10 @@ pub struct QuantizeArgs {
     /// Type of token_embd.weight
     #[arg(long = "token-embedding-type")]
     pub token_embedding_type: Option<String>,
+    /// Importance matrix (from `dsrun imatrix` or llama-imatrix, GGUF or legacy .dat) to weigh
+    /// the quantizers' rounding errors with, as llama-quantize's --imatrix
+    #[arg(long)]
+    pub imatrix: Option<PathBuf>,
     /// Print the type of each tensor and the sizes, write nothing
     #[arg(long = "dry-run")]
     pub dry_run: bool,
@@ -64,6 +68,11 @@ pub struct QuantizeArgs {
     /// Tokens per calibration chunk
     #[arg(long = "calib-ctx", default_value_t = 256)]
     pub calib_ctx: usize,
+    /// Measure the divergence with these types only (one or two, e.g. Q3_K,Q8_0) and estimate
+    /// the other candidates' from their importance-weighted errors: one or two model
+    /// evaluations per tensor instead of five
+    #[arg(long = "probe-type")]
+    pub probe_type: Option<String>,
     /// Write the chosen recipe (each tensor's type, and the measurements) as JSON
     #[arg(long = "recipe-out")]
     pub recipe_out: Option<PathBuf>,
@@ -127,8 +136,26 @@ fn adaptive(args: &QuantizeArgs, opts: &mut QuantizeOptions) -> Result<(), Error
     let copts = CalibrationOptions {
         n_ctx: args.calib_ctx,
         n_chunks: args.calib_chunks,
+        imatrix: opts.imatrix.clone(),
         ..CalibrationOptions::default()
     };
+    let mut copts = copts;
+    if let Some(list) = &args.probe_type {
+        for p in list.split(',') {
+            let ty = tensor_type("--probe-type", p.trim())?;
+            if !copts.candidates.contains(&ty) {
+                return Err(Error::Invalid(format!(
+                    "--probe-type {p}: not one of the candidate types (Q3_K, Q4_K, Q5_K, Q6_K, Q8_0)"
+                )));
+            }
+            copts.probe.push(ty);
+        }
+        if copts.probe.len() > 2 {
+            return Err(Error::Invalid(
+                "--probe-type: one or two types (e.g. Q3_K,Q8_0)".into(),
+            ));
+        }
+    }
     let bar = if args.quiet {
         ProgressBar::hidden()
     } else {
@@ -202,6 +229,19 @@ pub fn run(args: QuantizeArgs) -> Result<(), CliError> {
         opts.recipe.token_embedding_type = Some(tensor_type("--token-embedding-type", t)?);
     }
     opts.n_threads = args.threads.unwrap_or(0);
+    if let Some(path) = &args.imatrix {
+        let m = dsrun::quantize::ImatrixWeights::load(path)?;
+        if !args.quiet {
+            eprintln!(
+                "dsrun: {} importance-matrix entries from {} ({} chunks)",
+                m.weights.len(),
+                path.display(),
+                m.chunk_count
+            );
+        }
+        opts.imatrix = Some(m);
+        opts.recipe.has_imatrix = true;
+    }
 
     let t0 = Instant::now();
     let source: Box<dyn Source> = if args.input.is_dir() {
@@ -210,15 +250,7 @@ pub fn run(args: QuantizeArgs) -> Result<(), CliError> {
         Box::new(GgufSource::open(&args.input)?)
     };
     check_paths(&args.input, &args.output)?;
-    // Ctrl-C: the writer may be mid-file, a trial model mid-measurement; remove both and stop.
-    let tmp = tmp_path(&args.output);
-    let shown = tmp.display().to_string();
-    let _ = ctrlc::set_handler(move || {
-        let _ = std::fs::remove_file(&tmp);
-        let _ = std::fs::remove_file(dsrun::quantize::adaptive::scratch_path());
-        eprintln!("\ndsrun: interrupted; removed the partial output {shown}");
-        std::process::exit(130);
-    });
+    on_signal(tmp_path(&args.output));
     adaptive(&args, &mut opts)?;
     if args.dry_run {
         let planned = quantize::plan(source.as_ref(), &opts)?;
@@ -250,6 +282,40 @@ pub fn run(args: QuantizeArgs) -> Result<(), CliError> {
         t0.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// Ctrl-C (SIGINT) or SIGTERM: the writer may be mid-file; remove the partial output and exit as a shell reports a death by that signal (130, 143).
+fn on_signal(tmp: PathBuf) {
+    let cleanup = move |what: &str, code: i32| {
+        let _ = std::fs::remove_file(&tmp);
+        eprintln!(
+            "\ndsrun: {what}; removed the partial output {}",
+            tmp.display()
+        );
+        std::process::exit(code);
+    };
+    #[cfg(unix)]
+    {
+        use signal_hook::consts::{SIGINT, SIGTERM};
+        // Without the handler the default action still kills the process; only the
+        // temporary file would stay behind.
+        if let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) {
+            std::thread::spawn(move || {
+                if let Some(sig) = signals.forever().next() {
+                    let what = if sig == SIGTERM {
+                        "terminated"
+                    } else {
+                        "interrupted"
+                    };
+                    cleanup(what, 128 + sig);
+                }
+            });
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrlc::set_handler(move || cleanup("interrupted", 130));
+    }
 }
 
 /// The output must not replace the input (it is memory-mapped while being read) and its folder

@@ -3,6 +3,7 @@
 //! residual → norm → FFN or MoE → (post-norm) → residual; then the output norm and projection.
 //! Activations are f32; a batch of tokens goes through each weight matrix together.
 
+use super::activations::{linear, linear_many};
 use super::arch::FfnAct;
 use super::hparams::HParams;
 use super::kv_cache::KvCache;
@@ -10,11 +11,11 @@ use super::mla;
 use super::moe::moe_ffn;
 use super::moe_select::MoeState;
 use super::weights::{Attn, AttnWeights, Ffn, Weights};
+use crate::kernels;
 use crate::kernels::activation::{gelu_f16_table, glu, glu_gelu_f16, silu};
 use crate::kernels::attention::AttnInput;
 use crate::kernels::norm::rms_norm_rows;
 use crate::kernels::rope::RopeParams;
-use crate::kernels::{self, linear};
 
 fn add_bias(x: &mut [f32], b: &Option<Vec<f32>>) {
     if let Some(b) = b {
@@ -97,7 +98,7 @@ pub fn forward_moe(
                 let n_ff = gate.n_rows;
                 let mut g = vec![0.0f32; n * n_ff];
                 let mut u = vec![0.0f32; n * n_ff];
-                kernels::linear_many(&h, n, &mut [(gate, &mut g), (up, &mut u)]);
+                linear_many(&h, n, &mut [(gate, &mut g), (up, &mut u)]);
                 match hp.arch.ffn_act {
                     FfnAct::Gelu => glu_gelu_f16(&mut g, &u),
                     act => glu(&mut g, &u, act_fn(act)),
@@ -149,7 +150,7 @@ fn attention(
     let mut q = vec![0.0f32; n * q_dim];
     let mut k = vec![0.0f32; n * kv_dim];
     let mut v = vec![0.0f32; n * kv_dim];
-    kernels::linear_many(
+    linear_many(
         h,
         n,
         &mut [(&lw.wq, &mut q), (&lw.wk, &mut k), (&lw.wv, &mut v)],

@@ -11,11 +11,11 @@
 //!   o_h      = attn_v_b_h · Σ_j softmax(score)_j c_j               (head_dim_v)
 //!   out      = attn_output · [o_1 … o_n_head]
 
+use super::activations::linear;
 use super::hparams::{HParams, Mla};
 use super::kv_cache::KvCache;
 use super::weights::Loader;
 use crate::error::Result;
-use crate::kernels::linear;
 use crate::kernels::matmul::dot;
 use crate::kernels::norm::{rms_norm, rms_norm_rows};
 use crate::kernels::rope::RopeParams;
@@ -121,7 +121,7 @@ pub fn attention(
             .flat_map(|t| q[(t * nh + head) * dk..][..nope].iter().copied())
             .collect();
         let mut absorbed = vec![0.0f32; n * r];
-        linear(&w.k_b.rows(head * r, r), &q_nope, n, &mut absorbed);
+        crate::kernels::linear(&w.k_b.rows(head * r, r), &q_nope, n, &mut absorbed);
         for t in 0..n {
             let dst = &mut qf[(t * nh + head) * d..][..d];
             dst[..r].copy_from_slice(&absorbed[t * r..(t + 1) * r]);
@@ -155,7 +155,7 @@ pub fn attention(
             }
         }
         let mut oh = vec![0.0f32; n * dv];
-        linear(&w.v_b.rows(head * dv, dv), &o, n, &mut oh);
+        crate::kernels::linear(&w.v_b.rows(head * dv, dv), &o, n, &mut oh);
         for t in 0..n {
             out[(t * nh + head) * dv..][..dv].copy_from_slice(&oh[t * dv..(t + 1) * dv]);
         }

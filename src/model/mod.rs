@@ -1,5 +1,6 @@
 //! Models: what a GGUF file describes (hyperparameters, tensors) and the reference forward pass.
 
+pub mod activations;
 pub mod arch;
 pub mod forward;
 pub mod hparams;

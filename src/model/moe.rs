@@ -18,6 +18,7 @@
 //! (load 7 to 17), 2026-11-29: `-p 512 -n 0 -r 3` 677 ms → 505 ms; `-p 0 -n 128 -r 5` 478 ms →
 //! 350 ms. Wall-clock figures side by side with llama.cpp are in README.md (MoE speed).
 
+use super::activations::{self, linear, linear_many, observe_expert};
 use super::arch::Gating;
 use super::forward::act_fn;
 use super::hparams::HParams;
@@ -28,7 +29,6 @@ use crate::kernels::activation::{glu, swiglu_oai};
 use crate::kernels::matmul::dot;
 use crate::kernels::qdot::{act_kind, qmatmul_batch, quantize_acts, Product, Tokens};
 use crate::kernels::softmax::softmax;
-use crate::kernels::{linear, linear_many};
 use crate::tensor::TensorView;
 
 /// Top-k by probability, highest first; ties go to the lower expert id.
@@ -122,7 +122,8 @@ pub fn moe_ffn(
         biases: biases.as_deref(),
         act: (!hp.arch.oai).then(|| act_fn(hp.arch.ffn_act)),
     };
-    if crate::kernels::reference_matmul() {
+    // `dsrun imatrix` watches each expert's input: the reference path gathers it anyway.
+    if crate::kernels::reference_matmul() || activations::observing() {
         experts_one_by_one(&experts, h, e, &routed, &mut out);
     } else {
         experts_batched(&experts, h, n, e, &routed, &mut moe.buffers, &mut out);
@@ -186,11 +187,15 @@ fn experts_one_by_one(
         }
         let mut g = vec![0.0f32; m * n_ff];
         let mut u = vec![0.0f32; m * n_ff];
-        linear(&ex.gate.rows(x * n_ff, n_ff), &hx, m, &mut g);
-        linear(&ex.up.rows(x * n_ff, n_ff), &hx, m, &mut u);
+        let ne = routed.len();
+        observe_expert(&ex.gate, x, ne, &hx, m);
+        observe_expert(&ex.up, x, ne, &hx, m);
+        crate::kernels::linear(&ex.gate.rows(x * n_ff, n_ff), &hx, m, &mut g);
+        crate::kernels::linear(&ex.up.rows(x * n_ff, n_ff), &hx, m, &mut u);
         ex.glu(x, &mut g, &mut u);
         let mut d = vec![0.0f32; m * e];
-        linear(&ex.down.rows(x * e, e), &g, m, &mut d);
+        observe_expert(&ex.down, x, ne, &g, m);
+        crate::kernels::linear(&ex.down.rows(x * e, e), &g, m, &mut d);
         ex.add_down_bias(x, &mut d, e);
         for (i, &(t, wt)) in toks.iter().enumerate() {
             for (o, &v) in out[t * e..(t + 1) * e]

@@ -215,6 +215,42 @@ impl<'a> Loader<'a> {
 }
 
 impl<'a> Weights<'a> {
+    /// Every weight matrix of the model (the output twice where it is the token embedding), so
+    /// that a caller can put another version of one in its place (`quantize::adaptive` tries
+    /// each tensor quantized this way, without writing a file).
+    pub fn views_mut(&mut self) -> Vec<&mut TensorView<'a>> {
+        let mut v: Vec<&mut TensorView<'a>> = vec![&mut self.token_embd, &mut self.output];
+        for l in &mut self.layers {
+            match &mut l.attn {
+                Attn::Mha(a) => v.extend([&mut a.wq, &mut a.wk, &mut a.wv, &mut a.wo]),
+                Attn::Mla(m) => {
+                    match &mut m.q {
+                        super::mla::MlaQuery::Direct(q) => v.push(q),
+                        super::mla::MlaQuery::LowRank { a, b, .. } => v.extend([a, b]),
+                    }
+                    v.extend([&mut m.kv_a, &mut m.k_b, &mut m.v_b, &mut m.wo]);
+                }
+            }
+            match &mut l.ffn {
+                Ffn::Dense { gate, up, down } => v.extend([gate, up, down]),
+                Ffn::Moe {
+                    router,
+                    gate,
+                    up,
+                    down,
+                    shared,
+                    ..
+                } => {
+                    v.extend([router, gate, up, down]);
+                    if let Some(sh) = shared {
+                        v.extend([&mut sh.gate, &mut sh.up, &mut sh.down]);
+                    }
+                }
+            }
+        }
+        v
+    }
+
     pub fn load(file: &'a GgufFile, hp: &HParams) -> Result<Weights<'a>> {
         let l = Loader { file };
         let (e, hd) = (hp.n_embd, hp.head_dim);

@@ -10,15 +10,17 @@
 
 use super::recipe::{self, RecipeOptions, TensorDesc};
 use super::source::{GgufSource, Source};
-use crate::engine::{Model, Session};
+use crate::engine::{layer_windows, Model};
 use crate::error::{Error, Result};
-use crate::gguf::writer::GgufWriter;
 use crate::gguf::GgufFile;
+use crate::model::forward::forward_moe;
+use crate::model::moe_select::MoeState;
+use crate::model::{KvCache, KvTypes, Weights};
 use crate::perplexity::{chunks, kl_divergence, log_softmax};
-use crate::tensor::GgmlType;
+use crate::tensor::{GgmlType, TensorView};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// How sensitivity is measured.
 #[derive(Debug, Clone)]
@@ -28,6 +30,13 @@ pub struct CalibrationOptions {
     /// Tokens per calibration chunk (every position is compared).
     pub n_ctx: usize,
     pub n_chunks: usize,
+    /// Importance weights: trials quantize with them, as the final file will be.
+    pub imatrix: Option<super::ImatrixWeights>,
+    /// Run the model only with these types (one or two) per tensor and estimate the other
+    /// candidates' divergences from their importance-weighted errors: in proportion to the one
+    /// probe's, or on the line through the two probes' (error, divergence) points. Empty: run
+    /// every candidate.
+    pub probe: Vec<GgmlType>,
 }
 
 impl Default for CalibrationOptions {
@@ -42,6 +51,8 @@ impl Default for CalibrationOptions {
             ],
             n_ctx: 256,
             n_chunks: 4,
+            imatrix: None,
+            probe: Vec::new(),
         }
     }
 }
@@ -52,8 +63,19 @@ pub struct Candidate {
     #[serde(rename = "type")]
     pub ty: String,
     pub bytes: u64,
-    /// Mean KL divergence from the input model with only this tensor quantized to this type.
+    /// Mean KL divergence from the input model with only this tensor quantized to this type
+    /// (scaled from the probe type's when not `measured`).
     pub kld: f64,
+    /// The importance-weighted squared error of the quantized tensor (see `weighted_error`).
+    #[serde(default)]
+    pub weighted_error: f64,
+    /// Whether `kld` was measured by running the model (else estimated).
+    #[serde(default = "yes")]
+    pub measured: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// The measurement of a whole model.
@@ -111,22 +133,14 @@ impl Recipe {
     }
 }
 
-/// Where the trial models are written, one at a time (removed when done; a signal handler may
-/// remove it too).
-pub fn scratch_path() -> PathBuf {
-    std::env::temp_dir().join(format!("dsrun-calibrate-{}.gguf", std::process::id()))
-}
-
-/// Removes the file on drop (trial models are scratch).
-struct Scratch(PathBuf);
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
 /// Measures every (quantizable tensor, candidate type) of the unquantized GGUF model at `path`
 /// on `text`. `on_trial(done, total, tensor)` reports progress.
+///
+/// Each trial runs the model from the input file's map with that one tensor's view pointed at
+/// its quantized bytes (no file is written). With `opts.probe`, only the probe type is run per
+/// tensor; the other candidates' divergences are scaled from it by their importance-weighted
+/// squared errors (`Candidate::weighted_error`), one model evaluation per tensor instead of one
+/// per candidate.
 pub fn measure(
     path: &Path,
     text: &str,
@@ -136,6 +150,7 @@ pub fn measure(
     let source = GgufSource::open(path)?;
     let file = GgufFile::open(path)?;
     let model = Model::load(&file)?;
+    let hp = &model.hp;
     let tok = &model.tokenizer;
     let tokens = tok.encode(text, true, false)?;
     let bos = if tok.add_bos() { tok.bos() } else { None };
@@ -147,23 +162,34 @@ pub fn measure(
             tokens.len()
         )));
     }
-    let n_vocab = model.hp.n_vocab;
-    let rows = |m: &Model| -> Result<Vec<Vec<f32>>> {
-        let mut session = Session::new(m, n_ctx, n_ctx)?;
+    let n_vocab = hp.n_vocab;
+    // Log-probabilities at every calibration position, as Session::eval_all gives them.
+    let eval = |w: &Weights| -> Result<Vec<Vec<f32>>> {
+        let kv_dim = hp.n_head_kv * hp.head_dim;
+        let mut kv = KvCache::with_windows(n_ctx, kv_dim, KvTypes::default(), &layer_windows(hp))?;
+        let mut moe = MoeState::default();
         let mut out = Vec::new();
         for c in &calib {
-            session.clear();
-            let logits = session.eval_all(c)?;
+            kv.clear();
+            let logits = forward_moe(hp, w, &mut kv, c, true, &mut moe);
             out.extend((0..n_ctx).map(|j| log_softmax(&logits[j * n_vocab..(j + 1) * n_vocab])));
         }
         Ok(out)
     };
-    let reference = rows(&model)?;
+    // The reference pass also gathers each input column's mean square, the weights of the
+    // weighted errors.
+    let (inputs, reference) = crate::imatrix::gather(false, || eval(&model.weights))?;
+    let col_weights = crate::imatrix::Imatrix {
+        entries: inputs,
+        ..Default::default()
+    }
+    .quant_weights();
 
     let tensors = source.tensors();
     let default = RecipeOptions::default();
     let mut fixed_bytes = 0;
-    let mut trials: Vec<(usize, GgmlType)> = Vec::new();
+    // (tensor, candidate types, the types to run the model with)
+    let mut todo: Vec<(usize, Vec<GgmlType>, Vec<GgmlType>)> = Vec::new();
     for (i, t) in tensors.iter().enumerate() {
         let desc = TensorDesc {
             name: t.name.clone(),
@@ -180,64 +206,144 @@ pub fn measure(
                 t.name, t.ty
             )));
         }
+        // Rows that are not whole 256-blocks get llama.cpp's fallbacks (Q3_K -> Q4_0, Q4_K ->
+        // Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0), as the quantizer would give them.
+        let mut cands: Vec<GgmlType> = Vec::new();
         for &c in &opts.candidates {
-            if c.row_bytes(t.dims[0]).is_some() {
-                trials.push((i, c));
+            let c = recipe::fallback(&desc, c)?;
+            if !cands.contains(&c) && c.row_bytes(t.dims[0]).is_some() {
+                cands.push(c);
             }
         }
+        let mut probes: Vec<GgmlType> = Vec::new();
+        for &p in &opts.probe {
+            let p = recipe::fallback(&desc, p)?;
+            if cands.contains(&p) && !probes.contains(&p) {
+                probes.push(p);
+            }
+        }
+        if probes.is_empty() {
+            probes = cands.clone();
+        }
+        if !cands.is_empty() {
+            todo.push((i, cands, probes));
+        }
     }
-    let scratch = Scratch(scratch_path());
+    let n_trials: usize = todo.iter().map(|(_, _, p)| p.len()).sum();
+    let mut done = 0;
     let mut out: BTreeMap<String, Vec<Candidate>> = BTreeMap::new();
-    for (k, &(i, ty)) in trials.iter().enumerate() {
-        let t = &tensors[i];
-        on_trial(k, trials.len(), &t.name);
-        let data = source.read(i)?;
+    for (i, cands, run_types) in &todo {
+        let t = &tensors[*i];
+        let data = source.read(*i)?;
         let n = t.n_elements() as usize;
         let x = super::to_f32(data.ty.id(), &data.bytes, n).ok_or_else(|| {
             Error::Invalid(format!("tensor {}: cannot decode {}", t.name, data.ty))
         })?;
-        let q =
-            dsrun_quantize::ggml_quantize(ty.id(), &x, t.dims[0] as usize).ok_or_else(|| {
-                Error::Invalid(format!("tensor {}: ggml cannot quantize to {ty}", t.name))
-            })?;
-        let bytes = q.len() as u64;
-        let mut w = GgufWriter::new();
-        for (key, v) in source.metadata() {
-            w.set(key, v.clone());
-        }
-        for (j, s) in tensors.iter().enumerate() {
-            w.add_tensor(&s.name, if j == i { ty } else { s.ty }, &s.dims);
-        }
-        let mut q = Some(q);
-        w.write_file(&scratch.0, |j| {
-            if j == i {
-                q.take()
-                    .ok_or_else(|| Error::Invalid("internal: tensor asked twice".into()))
+        let weights = match &opts.imatrix {
+            Some(m) => m.for_tensor(&t.name, &t.dims)?,
+            None => None,
+        };
+        let row_len = t.dims[0] as usize;
+        let per_expert = t.dims.get(1).copied().unwrap_or(1).max(1) as usize;
+        let mut measured: Vec<Candidate> = Vec::new();
+        for &ty in cands {
+            let q = super::quantize_rows(ty.id(), &x, row_len, 0, per_expert, weights).ok_or_else(
+                || Error::Invalid(format!("tensor {}: ggml cannot quantize to {ty}", t.name)),
+            )?;
+            let err = weighted_error(&x, ty, &q, row_len, per_expert, col_weights.get(&t.name))
+                .ok_or_else(|| Error::Invalid(format!("tensor {}: cannot decode {ty}", t.name)))?;
+            let run = run_types.contains(&ty);
+            let kld = if run {
+                on_trial(done, n_trials, &t.name);
+                done += 1;
+                let mut w = Weights::load(&file, hp)?;
+                for v in w.views_mut().into_iter().filter(|v| v.name == t.name) {
+                    *v = TensorView {
+                        ty,
+                        row_bytes: q.len() / v.n_rows.max(1),
+                        data: &q,
+                        ..*v
+                    };
+                }
+                let got = eval(&w)?;
+                reference
+                    .iter()
+                    .zip(&got)
+                    .map(|(a, b)| kl_divergence(a, b))
+                    .sum::<f64>()
+                    / reference.len().max(1) as f64
             } else {
-                Ok(source.read(j)?.bytes.into_owned())
-            }
-        })?;
-        let trial_file = GgufFile::open(&scratch.0)?;
-        let trial = Model::load(&trial_file)?;
-        let got = rows(&trial)?;
-        let kld = reference
-            .iter()
-            .zip(&got)
-            .map(|(a, b)| kl_divergence(a, b))
-            .sum::<f64>()
-            / reference.len().max(1) as f64;
-        out.entry(t.name.clone()).or_default().push(Candidate {
-            ty: ty.name(),
-            bytes,
-            kld,
-        });
+                f64::NAN
+            };
+            measured.push(Candidate {
+                ty: ty.name(),
+                bytes: q.len() as u64,
+                kld,
+                weighted_error: err,
+                measured: run,
+            });
+        }
+        estimate(&mut measured);
+        out.insert(t.name.clone(), measured);
     }
-    on_trial(trials.len(), trials.len(), "");
+    on_trial(n_trials, n_trials, "");
     Ok(Sensitivity {
         tensors: out,
         fixed_bytes,
         n_elements: tensors.iter().map(|t| t.n_elements()).sum(),
     })
+}
+
+/// Fills in the divergences of the candidates that were not run, from those that were: `kld =
+/// a * err + b` through two measured points (the slope at least 0: b is the part every
+/// quantized type pays, e.g. for quantizing the activations), or `kld = a * err` through one.
+fn estimate(cands: &mut [Candidate]) {
+    let pts: Vec<(f64, f64)> = cands
+        .iter()
+        .filter(|c| c.measured)
+        .map(|c| (c.weighted_error, c.kld))
+        .collect();
+    let (a, b) = match pts[..] {
+        [(e0, k0)] => (
+            if e0 > 0.0 { k0 / e0 } else { 0.0 },
+            if e0 > 0.0 { 0.0 } else { k0 },
+        ),
+        [(e0, k0), (e1, k1), ..] if (e0 - e1).abs() > 0.0 => {
+            let a = ((k0 - k1) / (e0 - e1)).max(0.0);
+            (a, (k0 - a * e0).max(0.0))
+        }
+        [(_, k0), ..] => (0.0, k0),
+        [] => return,
+    };
+    for c in cands.iter_mut().filter(|c| !c.measured) {
+        c.kld = a * c.weighted_error + b;
+    }
+}
+
+/// `sum over rows r, columns j of w_j (x_rj - q_rj)^2`, with `w` the column weights of the row's
+/// expert (1 without weights): the expected squared error of the product with inputs whose
+/// columns have mean squares `w`. `None` when `q` does not decode.
+fn weighted_error(
+    x: &[f32],
+    ty: GgmlType,
+    q: &[u8],
+    row_len: usize,
+    rows_per_expert: usize,
+    col_weights: Option<&Vec<f32>>,
+) -> Option<f64> {
+    let y = super::to_f32(ty.id(), q, x.len())?;
+    let mut sum = 0.0f64;
+    for (r, (xr, yr)) in x.chunks(row_len).zip(y.chunks(row_len)).enumerate() {
+        let e = r / rows_per_expert.max(1);
+        let w = col_weights
+            .and_then(|w| w.get(e * row_len..(e + 1) * row_len))
+            .filter(|w| w.len() == row_len);
+        for (j, (a, b)) in xr.iter().zip(yr).enumerate() {
+            let d = (a - b) as f64;
+            sum += d * d * w.map_or(1.0, |w| w[j] as f64);
+        }
+    }
+    Some(sum)
 }
 
 /// Chooses one candidate per tensor so that all tensors together take at most `target_bytes`,
@@ -327,6 +433,8 @@ mod tests {
             ty: ty.into(),
             bytes,
             kld,
+            weighted_error: 0.0,
+            measured: true,
         }
     }
 
@@ -354,6 +462,29 @@ mod tests {
         assert!(choose(&sens, 150).is_err());
         let all = choose(&sens, 1000).unwrap();
         assert_eq!(all.bytes, 310);
+    }
+
+    #[test]
+    fn unmeasured_candidates_are_estimated_from_the_probes() {
+        let c = |ty: &str, err: f64, kld: f64, measured: bool| Candidate {
+            ty: ty.into(),
+            bytes: 0,
+            kld,
+            weighted_error: err,
+            measured,
+        };
+        // Two probes: the line through (8, 0.5) and (1, 0.15) is kld = 0.05 err + 0.1.
+        let mut v = vec![
+            c("Q3_K", 8.0, 0.5, true),
+            c("Q5_K", 2.0, f64::NAN, false),
+            c("Q8_0", 1.0, 0.15, true),
+        ];
+        estimate(&mut v);
+        assert!((v[1].kld - 0.2).abs() < 1e-12, "{}", v[1].kld);
+        // One probe: proportional.
+        let mut v = vec![c("Q4_K", 4.0, 0.2, true), c("Q6_K", 1.0, f64::NAN, false)];
+        estimate(&mut v);
+        assert!((v[1].kld - 0.05).abs() < 1e-12);
     }
 
     #[test]

@@ -40,6 +40,69 @@ pub struct QuantizeOptions {
     /// Bytes of f32 values being quantized at once (bounds memory): tensors are taken in order
     /// until their f32 size reaches this.
     pub batch_bytes: u64,
+    /// Importance weights for the quantizers (`--imatrix`); set `recipe.has_imatrix` with it.
+    pub imatrix: Option<ImatrixWeights>,
+}
+
+/// An importance matrix as llama-quantize hands it to ggml: per weight name, one weight per
+/// input column (per expert, for stacked expert tensors), with what it writes into the output's
+/// metadata (`quantize.imatrix.*`).
+#[derive(Debug, Clone)]
+pub struct ImatrixWeights {
+    /// The file as the user named it (stored as `quantize.imatrix.file`).
+    pub file: String,
+    /// The first calibration dataset the file names.
+    pub dataset: Option<String>,
+    /// Chunks it was computed on (0: unknown).
+    pub chunk_count: u32,
+    pub weights: HashMap<String, Vec<f32>>,
+}
+
+impl ImatrixWeights {
+    /// Reads a GGUF or legacy `.dat` importance matrix and checks it as llama-quantize does.
+    pub fn load(path: &Path) -> Result<ImatrixWeights> {
+        let m = crate::imatrix::Imatrix::read(path)?;
+        let shown = path.display();
+        if !m.legacy && !m.has_metadata {
+            return Err(Error::Invalid(format!(
+                "{shown}: missing the imatrix.datasets, imatrix.chunk_count or imatrix.chunk_size key"
+            )));
+        }
+        let weights = m.quant_weights();
+        for (name, w) in &weights {
+            if let Some(v) = w.iter().find(|v| !v.is_finite()) {
+                return Err(Error::Invalid(format!(
+                    "{shown}: the importance matrix of {name} holds the non-finite value {v}"
+                )));
+            }
+        }
+        Ok(ImatrixWeights {
+            file: path.display().to_string(),
+            dataset: m.datasets.first().cloned(),
+            chunk_count: m.chunk_count,
+            weights,
+        })
+    }
+
+    /// The weights for tensor `name` of shape `dims`: `Ok(None)` when the matrix has none for
+    /// it; an error when their size does not fit the tensor (except for the token embeddings,
+    /// which llama-quantize then quantizes without them).
+    pub fn for_tensor(&self, name: &str, dims: &[u64]) -> Result<Option<&[f32]>> {
+        let Some(w) = self.weights.get(name) else {
+            return Ok(None);
+        };
+        let want = dims.first().copied().unwrap_or(1) * dims.get(2).copied().unwrap_or(1);
+        if w.len() as u64 == want {
+            return Ok(Some(w));
+        }
+        if name == "token_embd.weight" || name == "per_layer_token_embd.weight" {
+            return Ok(None);
+        }
+        Err(Error::Invalid(format!(
+            "the importance matrix of {name} has {} values, the tensor needs {want} (shape {dims:?})",
+            w.len()
+        )))
+    }
 }
 
 impl QuantizeOptions {
@@ -50,6 +113,7 @@ impl QuantizeOptions {
             allow_requantize: false,
             n_threads: 0,
             batch_bytes: 1 << 30,
+            imatrix: None,
         }
     }
 }
@@ -136,11 +200,21 @@ pub fn plan(source: &dyn Source, opts: &QuantizeOptions) -> Result<Vec<PlannedTe
                     t.name, t.ty
                 )));
             }
-            if needs_imatrix(&t.name, to, opts.ftype) && !opts.recipe.has_imatrix {
-                return Err(Error::Invalid(format!(
-                    "tensor {} would be {to}, which needs an importance matrix (--imatrix)",
-                    t.name
-                )));
+            let weights = match &opts.imatrix {
+                Some(m) => m.for_tensor(&t.name, &t.dims)?,
+                None => None,
+            };
+            if needs_imatrix(&t.name, to, opts.ftype) && weights.is_none() {
+                return Err(Error::Invalid(match &opts.imatrix {
+                    None => format!(
+                        "tensor {} would be {to}, which needs an importance matrix (--imatrix)",
+                        t.name
+                    ),
+                    Some(m) => format!(
+                        "tensor {} would be {to}, which needs an importance matrix, and {} has none for it",
+                        t.name, m.file
+                    ),
+                }));
             }
         }
         out.push(PlannedTensor {
@@ -183,6 +257,24 @@ pub fn quantize(
     }
     writer.set("general.quantization_version", Value::U32(2));
     writer.set("general.file_type", Value::U32(opts.ftype.id()));
+    if let Some(m) = &opts.imatrix {
+        // llama-quantize's metadata overrides: strings cut to 127 bytes, moved to the end.
+        let mut put = |k: &str, v: Value| {
+            writer.metadata.retain(|(key, _)| key != k);
+            writer.set(k, v);
+        };
+        put("quantize.imatrix.file", Value::String(cut_127(&m.file)));
+        if let Some(d) = &m.dataset {
+            put("quantize.imatrix.dataset", Value::String(cut_127(d)));
+        }
+        put(
+            "quantize.imatrix.entries_count",
+            Value::U32(m.weights.len() as u32),
+        );
+        if m.chunk_count > 0 {
+            put("quantize.imatrix.chunks_count", Value::U32(m.chunk_count));
+        }
+    }
     for p in &planned {
         writer.add_tensor(&p.name, p.to, &p.dims);
     }
@@ -210,7 +302,11 @@ pub fn quantize(
                 .into_par_iter()
                 .map(|j| {
                     progress.tensor_begin(j, &planned[j].name, n_elems(&planned[j]));
-                    let bytes = convert(source, &planned[j], j, progress)?;
+                    let weights = match &opts.imatrix {
+                        Some(m) => m.for_tensor(&planned[j].name, &planned[j].dims)?,
+                        None => None,
+                    };
+                    let bytes = convert(source, &planned[j], j, weights, progress)?;
                     progress.tensor_end(j, &planned[j]);
                     Ok(bytes)
                 })
@@ -235,6 +331,12 @@ pub fn quantize(
     })
 }
 
+/// `strncpy(.., 127)`: llama-quantize's metadata overrides hold at most 127 bytes.
+fn cut_127(s: &str) -> String {
+    let b = s.as_bytes();
+    String::from_utf8_lossy(&b[..b.len().min(127)]).into_owned()
+}
+
 fn n_elems(p: &PlannedTensor) -> u64 {
     p.dims.iter().product()
 }
@@ -250,10 +352,12 @@ fn rows_per_task(row_len: usize) -> usize {
 
 /// The bytes of one output tensor: copied when the type does not change, else decoded to f32
 /// and encoded with ggml's quantizer, by rows in parallel; ggml validates what it wrote.
+/// `imatrix`: importance weights, `dims[0]` per expert (`dims[1]` rows each).
 fn convert(
     source: &dyn Source,
     p: &PlannedTensor,
     i: usize,
+    imatrix: Option<&[f32]>,
     progress: &dyn Progress,
 ) -> Result<Vec<u8>> {
     let data = source.read(p.source)?;
@@ -279,6 +383,7 @@ fn convert(
         Error::Invalid(format!("tensor {}: rows do not fit type {}", p.name, p.to))
     })? as usize;
     let per_task = rows_per_task(row_len);
+    let rows_per_expert = p.dims.get(1).copied().unwrap_or(1).max(1) as usize;
     let src_id = data.ty.id();
     let dst_id = p.to.id();
     let chunks: Vec<Result<Vec<u8>>> = data
@@ -303,7 +408,7 @@ fn convert(
                 src.to_vec()
             } else {
                 let x = to_f32(src_id, src, rows * row_len).ok_or_else(|| bad("undecodable"))?;
-                let q = dsrun_quantize::ggml_quantize(dst_id, &x, row_len)
+                let q = quantize_rows(dst_id, &x, row_len, first_row, rows_per_expert, imatrix)
                     .ok_or_else(|| bad(&format!("ggml cannot quantize to {}", p.to)))?;
                 if !dsrun_quantize::ggml_validate_row_data(dst_id, &q) {
                     return Err(bad("quantized data failed ggml's validation"));
@@ -320,6 +425,37 @@ fn convert(
         out.extend_from_slice(&c?);
     }
     Ok(out)
+}
+
+/// Quantizes rows `first_row..` (`x` holds whole rows of `row_len`), each with its expert's
+/// importance weights when there are any (runs of rows that share an expert go together).
+pub(crate) fn quantize_rows(
+    type_id: u32,
+    x: &[f32],
+    row_len: usize,
+    first_row: usize,
+    rows_per_expert: usize,
+    imatrix: Option<&[f32]>,
+) -> Option<Vec<u8>> {
+    let Some(w) = imatrix else {
+        return dsrun_quantize::ggml_quantize(type_id, x, row_len);
+    };
+    let n_rows = x.len() / row_len.max(1);
+    let mut out = Vec::new();
+    let mut r = 0;
+    while r < n_rows {
+        let expert = (first_row + r) / rows_per_expert;
+        let end = ((expert + 1) * rows_per_expert - first_row).min(n_rows);
+        let weights = w.get(expert * row_len..(expert + 1) * row_len)?;
+        out.extend(dsrun_quantize::ggml_quantize_imatrix(
+            type_id,
+            &x[r * row_len..end * row_len],
+            row_len,
+            Some(weights),
+        )?);
+        r = end;
+    }
+    Some(out)
 }
 
 /// Values of `n` elements stored as type `type_id`, decoded by ggml (F32 read directly).

@@ -474,7 +474,7 @@ fn use_more_bits(i: i64, n: i64) -> bool {
 
 /// `tensor_type_fallback`: a type whose block does not divide the row length falls back to a
 /// 32-wide type of similar size, or to F16.
-fn fallback(t: &TensorDesc, ty: GgmlType) -> Result<GgmlType> {
+pub(crate) fn fallback(t: &TensorDesc, ty: GgmlType) -> Result<GgmlType> {
     use GgmlType as T;
     let ncols = t.dims[0];
     let block = ty.block_size().unwrap_or(1) as u64;

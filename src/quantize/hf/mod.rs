@@ -110,6 +110,12 @@ impl HfSource {
         };
         src.map_tensors(arch, n_layer, n_expert, n_head, n_head_kv, ftype)?;
         src.metadata = hparams_metadata(dir, &cfg, arch, n_embd)?;
+        if let Some(label) = size_label(&src.tensors) {
+            let at = src.metadata.iter().position(|(k, _)| k == "general.name");
+            let at = at.map_or(src.metadata.len(), |i| i + 1);
+            src.metadata
+                .insert(at, ("general.size_label".into(), Value::String(label)));
+        }
         let vocab = cfg_u64(&cfg, &["vocab_size"]);
         src.metadata
             .extend(tokenizer::tokenizer_metadata(dir, vocab)?);
@@ -319,6 +325,51 @@ impl Source for HfSource {
     }
 }
 
+/// `general.size_label` as llama.cpp's converter computes it from the tensors it writes
+/// (gguf-py's `get_total_parameter_count` and `size_label`): the parameter count rounded to two
+/// significant digits with K/M/B/T, or for MoE models `{experts}x{shared + one expert}`.
+fn size_label(tensors: &[SourceTensor]) -> Option<String> {
+    let (mut total, mut shared, mut expert, mut expert_sum, mut n_expert_tensors) =
+        (0u64, 0u64, 0u64, 0u64, 0u64);
+    for t in tensors {
+        let size: u64 = t.dims.iter().product();
+        let count_dim = if t.name.contains(".bias") { 1 } else { 2 };
+        match t.dims.get(count_dim) {
+            Some(&n) if t.name.contains("_exps.") && t.dims.len() >= 3 && n > 0 => {
+                expert += size / n;
+                expert_sum += n;
+                n_expert_tensors += 1;
+            }
+            _ => shared += size,
+        }
+        total += size;
+    }
+    if total == 0 {
+        return None;
+    }
+    Some(match expert_sum.checked_div(n_expert_tensors) {
+        Some(count) => format!("{count}x{}", rounded_count(shared + expert)),
+        None => rounded_count(total),
+    })
+}
+
+/// gguf-py's `model_weight_count_rounded_notation(n, min_digits=2)`.
+fn rounded_count(n: u64) -> String {
+    let n = n as f64;
+    let (scaled, suffix) = if n > 1e12 {
+        (n * 1e-12, "T")
+    } else if n > 1e9 {
+        (n * 1e-9, "B")
+    } else if n > 1e6 {
+        (n * 1e-6, "M")
+    } else {
+        (n * 1e-3, "K")
+    };
+    let digits = (scaled.round_ties_even() as u64).to_string();
+    let fix = 2usize.saturating_sub(digits.trim_start_matches('0').len());
+    format!("{scaled:.fix$}{suffix}")
+}
+
 /// `general.*` and `{arch}.*` keys, as the converter's `set_gguf_parameters` writes them.
 fn hparams_metadata(
     dir: &Path,
@@ -422,6 +473,31 @@ fn hparams_metadata(
         put(format!("{a}.rope.dimension_count"), u32v(dim));
     }
     Ok(md)
+}
+
+#[cfg(test)]
+mod size_label_tests {
+    use super::*;
+
+    #[test]
+    fn size_labels_as_the_converter() {
+        assert_eq!(rounded_count(6_390_000), "6.4M");
+        assert_eq!(rounded_count(134_515_008), "135M");
+        assert_eq!(rounded_count(494_032_768), "494M");
+        assert_eq!(rounded_count(1_543_714_304), "1.5B");
+        assert_eq!(rounded_count(400), "0.40K");
+        let t = |name: &str, dims: &[u64]| SourceTensor {
+            name: name.into(),
+            dims: dims.to_vec(),
+            ty: crate::tensor::GgmlType::F16,
+        };
+        let moe = [
+            t("token_embd.weight", &[256, 8192]),
+            t("blk.0.ffn_up_exps.weight", &[256, 256, 16]),
+        ];
+        // shared 2,097,152 + one expert 65,536
+        assert_eq!(size_label(&moe).unwrap(), "16x2.2M");
+    }
 }
 
 #[cfg(test)]
