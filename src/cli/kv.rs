@@ -142,10 +142,16 @@ impl KvArgs {
                 "dsrun: {}",
                 describe(hp, session.n_ctx(), types, stream.as_ref())
             );
-            if stream.is_some() && session.n_ctx() > hp.n_ctx_train {
+            if session.n_ctx() > hp.n_ctx_train {
+                let why = match &stream {
+                    Some(c) if c.window + c.sinks <= hp.n_ctx_train => {
+                        "the window and sinks keep every distance within it"
+                    }
+                    _ => "distances past it are untrained and quality may fall",
+                };
                 eprintln!(
                     "dsrun: warning: a context of {} tokens is beyond the {} the model was \
-                     trained on; the window keeps distances within it",
+                     trained on; {why}",
                     session.n_ctx(),
                     hp.n_ctx_train
                 );

@@ -281,6 +281,22 @@ impl KvCache {
         )
     }
 
+    /// From now on, stream layers keep every token's raw (pre-RoPE) K, for calibration: see
+    /// [`KvCache::take_keys`].
+    pub fn record_keys(&mut self) {
+        if let Some((_, layers)) = &mut self.stream {
+            layers.iter_mut().flatten().for_each(StreamLayer::record);
+        }
+    }
+
+    /// The raw K recorded in layer `il` since the cache was last cleared, (n, kv_dim).
+    pub fn take_keys(&mut self, il: usize) -> Vec<f32> {
+        match self.stream.as_mut().and_then(|(_, l)| l[il].as_mut()) {
+            Some(l) => l.take_keys(),
+            None => Vec::new(),
+        }
+    }
+
     /// Fills every slot of the cache with NaN (f16 NaN, or quantized blocks whose scale is
     /// NaN), and the sinks too, so that a test sees any read of a slot never written.
     pub fn poison(&mut self) {

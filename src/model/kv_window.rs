@@ -119,6 +119,17 @@ impl StreamLayer {
         }
     }
 
+    pub(crate) fn record(&mut self) {
+        self.history.get_or_insert_with(Default::default);
+    }
+
+    pub(crate) fn take_keys(&mut self) -> Vec<f32> {
+        self.history
+            .as_mut()
+            .map(|(k, _)| std::mem::take(k))
+            .unwrap_or_default()
+    }
+
     /// Bytes of the f32 sinks, summary sums and counts.
     pub(crate) fn bytes(&self) -> usize {
         4 * (self.sink_k.len()
@@ -305,6 +316,9 @@ pub(crate) fn attend(kv: &mut KvCache, il: usize, inp: &StreamInput, out: &mut [
     let q_dim = inp.n_head * hd;
     let n = inp.q.len() / q_dim;
     let (w, s_n, p0) = (cfg.window, cfg.sinks, inp.pos0);
+    if let Some((hk, _)) = &mut kv.stream_layer(il).history {
+        hk.extend_from_slice(inp.k);
+    }
     let (rot_k, rot_v) = kv.rotations(hd);
 
     // K after RoPE at each token's position, as stored (turned by Hadamard for a quantized K).
