@@ -9,7 +9,7 @@
 #             of each chunk, so every scored token sees at least CTX/2 tokens before it)
 #   SETTINGS  names from the table below (default: all)
 # Environment: MODEL, TEXT, CHUNKS (1), W (window, 512), S (sinks, 4), M (summary slots, 64),
-#   DEPTHS ("0.1 0.5 0.9"), THREADS, CALIB (calibration text), OUT (results, appended).
+#   DEPTHS ("0.1 0.5 0.9"; "" skips the passkey test), THREADS, CALIB (calibration text), OUT (results, appended).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CTXS=${1:-"4096 16384 32768"}
@@ -18,7 +18,7 @@ CORPORA=../shared/corpora; [ -d "$CORPORA" ] || CORPORA=/work/shared/corpora
 TEXT=${TEXT:-$CORPORA/janeausten/emma.txt}
 CALIB=${CALIB:-$CORPORA/mobydick/mobydick.txt}
 CHUNKS=${CHUNKS:-1}; W=${W:-512}; S=${S:-4}; M=${M:-64}
-DEPTHS=${DEPTHS:-"0.1 0.5 0.9"}
+DEPTHS=${DEPTHS-"0.1 0.5 0.9"}
 THREADS=${THREADS:-2}
 DIR=target/long-context; mkdir -p "$DIR"
 OUT=${OUT:-$DIR/quality.txt}
@@ -44,7 +44,7 @@ declare -A SET=(
   [summary-roundrobin]="$MODEL|${win[*]} --kv-summary $M --kv-summary-assign round-robin"
   [summary-recency]="$MODEL|${win[*]} --kv-summary $M --kv-summary-assign recency"
 )
-ORDER="full q8_0 q4_0 window window+sinks window+sinks-abs window+sinks-eqmem summary summary-nolog summary-roundrobin summary-recency"
+ORDER="full window+sinks-eqmem summary window+sinks window summary-nolog summary-roundrobin summary-recency q8_0 q4_0 window+sinks-abs"
 SETTINGS=${2:-$ORDER}
 FILLER="The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
 

@@ -148,10 +148,9 @@ pub fn run(args: BenchArgs) -> Result<(), CliError> {
     }
     let stream = args.kv.stream(&file, &model.hp)?;
     if let Some(c) = &stream {
-        eprintln!(
-            "dsrun bench: {}",
-            super::kv::describe(&model.hp, 0, kv, Some(c))
-        );
+        let longest = args.n_prompt.iter().chain(&args.n_gen).max().copied();
+        let line = super::kv::describe(&model.hp, longest.unwrap_or(0).max(1), kv, Some(c));
+        eprintln!("dsrun bench: {line}");
     }
     let threads = if args.threads.is_empty() {
         vec![std::thread::available_parallelism().map_or(1, |n| n.get())]
