@@ -2,7 +2,7 @@
 # Quality of the long-context settings: perplexity on a novel (Emma) and passkey retrieval (a
 # five-digit number hidden at several depths of filler text), for the full cache, quantized
 # caches, a window, window + sinks (also at the summary's memory), and window + sinks + summary
-# (learned centroids, and the alternatives: no ln(count), round-robin and recency slots).
+# (learned centroids, and the alternatives: with ln(count), round-robin and recency slots).
 #
 # Usage: scripts/long-context-quality.sh [CTXS] [SETTINGS]
 #   CTXS      contexts in tokens (default "4096 16384 32768"; perplexity scores the second half
@@ -40,11 +40,11 @@ declare -A SET=(
   [window+sinks-abs]="$MODEL|${win[*]} --kv-sink-pos absolute"
   [window+sinks-eqmem]="$MODEL|--kv-window $WEQ --kv-sinks $S"
   [summary]="$SUM|${win[*]}"
-  [summary-nolog]="$SUM|${win[*]} --kv-summary-no-log-count"
-  [summary-roundrobin]="$MODEL|${win[*]} --kv-summary $M --kv-summary-assign round-robin"
-  [summary-recency]="$MODEL|${win[*]} --kv-summary $M --kv-summary-assign recency"
+  [summary-log]="$SUM|${win[*]} --kv-summary-log-count"
+  [summary-roundrobin]="$MODEL|${win[*]} --kv-summary $M --kv-summary-assign round-robin --kv-summary-log-count"
+  [summary-recency]="$MODEL|${win[*]} --kv-summary $M --kv-summary-assign recency --kv-summary-log-count"
 )
-ORDER="full window+sinks-eqmem summary window+sinks window summary-nolog summary-roundrobin summary-recency q8_0 q4_0 window+sinks-abs"
+ORDER="full window+sinks-eqmem summary window+sinks window summary-log summary-roundrobin summary-recency q8_0 q4_0 window+sinks-abs"
 SETTINGS=${2:-$ORDER}
 FILLER="The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
 

@@ -33,9 +33,9 @@ pub struct KvArgs {
     /// How a leaving token picks its slot: learned (nearest centroid), round-robin or recency
     #[arg(long = "kv-summary-assign", default_value = "learned", hide = true)]
     pub kv_summary_assign: String,
-    /// Leave out ln(count) from the summary slots' scores (for measurements)
-    #[arg(long = "kv-summary-no-log-count", hide = true)]
-    pub kv_summary_no_log_count: bool,
+    /// Add ln(count) to the summary slots' scores (measured worse; for measurements)
+    #[arg(long = "kv-summary-log-count", hide = true)]
+    pub kv_summary_log_count: bool,
     /// Where sinks sit for queries past the window: cache (StreamingLLM) or absolute
     #[arg(long = "kv-sink-pos", default_value = "cache", hide = true)]
     pub kv_sink_pos: String,
@@ -95,7 +95,7 @@ impl KvArgs {
                 (Some(l), _) => Some(SummaryConfig {
                     n_slot: l.n_slot,
                     assign: Assign::Centroids(Arc::new(l.centroids)),
-                    log_count: !self.kv_summary_no_log_count,
+                    log_count: self.kv_summary_log_count,
                 }),
             },
             (name, m) => {
@@ -114,7 +114,7 @@ impl KvArgs {
                 Some(SummaryConfig {
                     n_slot: m,
                     assign,
-                    log_count: !self.kv_summary_no_log_count,
+                    log_count: self.kv_summary_log_count,
                 })
             }
         };
@@ -234,7 +234,7 @@ fn describe_stream(hp: &HParams, n_ctx: usize, types: KvTypes, c: &StreamConfig)
                 Assign::RoundRobin => "round-robin",
                 Assign::Recency => "recency",
             },
-            if s.log_count { "" } else { " (no ln count)" }
+            if s.log_count { " (+ ln count)" } else { "" }
         ),
     };
     let native_txt = if native > 0 {
