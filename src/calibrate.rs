@@ -16,9 +16,13 @@
 
 use crate::engine::{Model, Session};
 use crate::error::{Error, Result};
+use crate::model::kv_summary::{kmeans, KvSummary};
+use crate::model::kv_window::{SinkPos, StreamConfig};
 use crate::model::moe_calibration::{CalibKind, MoeCalibration};
 use crate::model::moe_select::{calibrated_count, MoeConfig, MoeRule};
+use crate::model::KvTypes;
 use crate::perplexity::{kl_divergence, log_softmax};
+use rayon::prelude::*;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -407,6 +411,79 @@ pub fn calibrate(
         candidates,
         n_evals: c.cache.len(),
         n_scored,
+    })
+}
+
+/// Learns the KV summary's slots (`--kv-summary M`): the model reads `chunks` of calibration
+/// text with full attention while every layer's raw (pre-RoPE) keys are recorded, then k-means
+/// gives `n_slot` centroids per layer and KV head. The first `skip` tokens of each chunk (the
+/// sinks, which never reach the summary) are left out.
+pub fn calibrate_kv_summary(
+    model: &Model,
+    chunks: &[Vec<u32>],
+    n_slot: usize,
+    skip: usize,
+    n_batch: usize,
+    log: &mut dyn FnMut(String),
+) -> Result<KvSummary> {
+    let hp = &model.hp;
+    let n_ctx = chunks.first().map_or(0, |c| c.len());
+    if n_slot == 0 || n_ctx <= skip || chunks.iter().any(|c| c.len() != n_ctx) {
+        return Err(Error::Invalid(format!(
+            "--kv-summary {n_slot}: needs at least 1 slot and chunks longer than {skip} tokens"
+        )));
+    }
+    let mut s = Session::new(model, n_ctx, n_batch)?;
+    let stream = StreamConfig {
+        window: n_ctx,
+        sinks: skip,
+        sink_pos: SinkPos::Cache,
+        summary: None,
+        reference: false,
+    };
+    s.set_kv(KvTypes::default(), Some(stream))?;
+    let kv_dim = hp.n_head_kv * hp.head_dim;
+    let mut keys: Vec<Vec<f32>> = vec![Vec::new(); hp.n_layer];
+    for (i, chunk) in chunks.iter().enumerate() {
+        s.clear();
+        s.kv.record_keys();
+        s.eval(chunk)?;
+        for (il, k) in keys.iter_mut().enumerate() {
+            let rec = s.kv.take_keys(il);
+            k.extend_from_slice(&rec[skip.min(rec.len() / kv_dim) * kv_dim..]);
+        }
+        log(format!(
+            "keys of chunk {} of {} recorded",
+            i + 1,
+            chunks.len()
+        ));
+    }
+    if keys.iter().any(|k| k.len() / kv_dim < n_slot) {
+        return Err(Error::Invalid(format!(
+            "--kv-summary {n_slot}: the calibration text gave fewer keys than slots"
+        )));
+    }
+    let hd = hp.head_dim;
+    // Per (layer, KV head): that head's keys, clustered.
+    let cents: Vec<Vec<f32>> = (0..hp.n_layer * hp.n_head_kv)
+        .into_par_iter()
+        .map(|i| {
+            let (il, g) = (i / hp.n_head_kv, i % hp.n_head_kv);
+            let x: Vec<f32> = keys[il]
+                .chunks_exact(kv_dim)
+                .flat_map(|r| r[g * hd..(g + 1) * hd].iter().copied())
+                .collect();
+            kmeans(&x, hd, n_slot, 12, 1 + i as u64)
+        })
+        .collect();
+    let n_keys = keys[0].len() / kv_dim;
+    log(format!(
+        "k-means: {n_slot} slots per KV head from {n_keys} keys per layer"
+    ));
+    Ok(KvSummary {
+        n_slot,
+        centroids: cents.concat(),
+        calib_tokens: n_keys.min(u32::MAX as usize) as u32,
     })
 }
 

@@ -5,6 +5,7 @@
 use crate::error::{Error, Result};
 use crate::gguf::GgufFile;
 use crate::model::forward::forward_moe;
+use crate::model::kv_window::StreamConfig;
 use crate::model::moe_calibration::MoeCalibration;
 use crate::model::moe_select::{MoeConfig, MoeState};
 use crate::model::{HParams, KvCache, KvTypes, Weights};
@@ -117,6 +118,27 @@ impl<'m, 'a> Session<'m, 'a> {
         let hp = &self.model.hp;
         let kv_dim = hp.n_head_kv * hp.head_dim;
         self.kv = KvCache::with_windows(self.kv.n_ctx, kv_dim, types, &layer_windows(hp))?;
+        self.tokens.clear();
+        Ok(())
+    }
+
+    /// Keeps K and V as `types` and, with `stream`, only sinks, a window and a summary in
+    /// every layer without a native window (`kv_window`); the cache starts empty again.
+    pub fn set_kv(&mut self, types: KvTypes, stream: Option<StreamConfig>) -> Result<()> {
+        let hp = &self.model.hp;
+        if stream.is_some() && hp.mla.is_some() {
+            return Err(Error::Invalid(
+                "--kv-window is not supported for multi-head latent attention (deepseek2)".into(),
+            ));
+        }
+        let kv_dim = hp.n_head_kv * hp.head_dim;
+        self.kv = KvCache::with_stream(
+            self.kv.n_ctx,
+            kv_dim,
+            types,
+            &layer_windows(hp),
+            stream.map(|c| (c, hp.n_head_kv, hp.head_dim)),
+        )?;
         self.tokens.clear();
         Ok(())
     }

@@ -8,6 +8,7 @@ use super::CliError;
 use clap::Args;
 use dsrun::engine::{Model, Session};
 use dsrun::gguf::GgufFile;
+use dsrun::model::kv_window::StreamConfig;
 use dsrun::model::moe_select::{MoeConfig, MoeStats};
 use dsrun::model::KvTypes;
 use dsrun::Error;
@@ -107,7 +108,7 @@ fn tokens(n: usize, n_vocab: usize, seed: u64) -> Vec<u32> {
 
 fn run_test(
     model: &Model,
-    (moe, kv): (&MoeConfig, KvTypes),
+    (moe, kv, stream): (&MoeConfig, KvTypes, &Option<StreamConfig>),
     experts: &mut MoeStats,
     n_ctx: usize,
     batch: usize,
@@ -116,7 +117,7 @@ fn run_test(
 ) -> Result<u128, Error> {
     let mut s = Session::new(model, n_ctx, batch)?;
     s.set_moe(moe.clone())?;
-    s.set_kv_types(kv)?;
+    s.set_kv(kv, stream.clone())?;
     s.moe.stats = std::mem::take(experts);
     let nv = model.hp.n_vocab;
     let t0 = Instant::now();
@@ -144,6 +145,12 @@ pub fn run(args: BenchArgs) -> Result<(), CliError> {
     if kv != KvTypes::default() {
         let n = |t: dsrun::tensor::GgmlType| t.name().to_lowercase();
         eprintln!("dsrun bench: KV cache K {} + V {}", n(kv.k), n(kv.v));
+    }
+    let stream = args.kv.stream(&file, &model.hp)?;
+    if let Some(c) = &stream {
+        let longest = args.n_prompt.iter().chain(&args.n_gen).max().copied();
+        let line = super::kv::describe(&model.hp, longest.unwrap_or(0).max(1), kv, Some(c));
+        eprintln!("dsrun bench: {line}");
     }
     let threads = if args.threads.is_empty() {
         vec![std::thread::available_parallelism().map_or(1, |n| n.get())]
@@ -175,12 +182,20 @@ pub fn run(args: BenchArgs) -> Result<(), CliError> {
             let mut experts = MoeStats::default();
             let samples = pool.install(|| -> Result<Vec<u128>, Error> {
                 let mut warm = MoeStats::default();
-                run_test(&model, (&moe, kv), &mut warm, n_ctx, args.batch_size, p, n)?;
+                run_test(
+                    &model,
+                    (&moe, kv, &stream),
+                    &mut warm,
+                    n_ctx,
+                    args.batch_size,
+                    p,
+                    n,
+                )?;
                 (0..args.reps.max(1))
                     .map(|_| {
                         run_test(
                             &model,
-                            (&moe, kv),
+                            (&moe, kv, &stream),
                             &mut experts,
                             n_ctx,
                             args.batch_size,

@@ -39,6 +39,11 @@ pub struct CalibrateArgs {
 
 pub fn run(args: CalibrateArgs) -> Result<(), CliError> {
     args.model.init_threads();
+    // `--kv-summary M` (a KV option shared with run/perplexity): learn M summary slots per
+    // layer and KV head for --kv-window instead of an expert rule.
+    if let Some(m) = args.model.kv.kv_summary {
+        return run_kv_summary(&args, m);
+    }
     let moe = &args.model.moe;
     if moe.moe_top_k.is_some() || moe.moe_top_p.is_some() {
         return Err(Error::Invalid(
@@ -160,6 +165,73 @@ pub fn run(args: CalibrateArgs) -> Result<(), CliError> {
             w.set(k, v);
         }
         w.set("dsrun.moe.calib_text", Value::String(b.calib_text.clone()));
+        for t in &file.tensors {
+            w.add_tensor(&t.name, t.ty, &t.dims);
+        }
+        w.write_file(path, |i| Ok(file.tensor_data(&file.tensors[i])?.to_vec()))?;
+        writeln!(out, "wrote {}", path.display())?;
+    }
+    Ok(())
+}
+
+/// `dsrun calibrate --kv-summary M`: k-means centroids of each layer's and KV head's pre-RoPE
+/// keys over the text, written under `dsrun.kv_summary.*` keys.
+fn run_kv_summary(args: &CalibrateArgs, n_slot: usize) -> Result<(), CliError> {
+    if args.chunks == 0 || n_slot == 0 {
+        return Err(Error::Invalid("--chunks and --kv-summary must be at least 1".into()).into());
+    }
+    let file = GgufFile::open(&args.model.model)?;
+    if let Some(out) = &args.output {
+        if let (Ok(a), Ok(b)) = (out.canonicalize(), file.path().canonicalize()) {
+            if a == b {
+                return Err(Error::Invalid(format!(
+                    "-o {}: refusing to overwrite the model being calibrated; write a copy",
+                    out.display()
+                ))
+                .into());
+            }
+        }
+    }
+    let model = Model::load(&file)?;
+    let text =
+        std::fs::read(&args.file).map_err(|e| Error::io(args.file.display().to_string(), e))?;
+    let text = String::from_utf8_lossy(&text);
+    let n_ctx = args.model.n_ctx(512, model.hp.n_ctx_train);
+    let tok = &model.tokenizer;
+    let tokens = tok.encode(&text, true, false)?;
+    if n_ctx < 8 || tokens.len() < n_ctx {
+        return Err(Error::Invalid(format!(
+            "{}: {} tokens; calibration with -c {n_ctx} needs at least {n_ctx} (and -c at least 8)",
+            args.file.display(),
+            tokens.len()
+        ))
+        .into());
+    }
+    let bos = if tok.add_bos() { tok.bos() } else { None };
+    let chunks = chunks(&tokens, n_ctx, Some(args.chunks), bos);
+    let t0 = Instant::now();
+    let skip = args.model.kv.kv_sinks;
+    let summary = dsrun::calibrate::calibrate_kv_summary(
+        &model,
+        &chunks,
+        n_slot,
+        skip,
+        args.model.batch_size,
+        &mut |line| eprintln!("dsrun calibrate: {line}"),
+    )?;
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "kv summary: {n_slot} slots per layer and KV head from {} keys ({:.0} s)",
+        summary.calib_tokens,
+        t0.elapsed().as_secs_f64()
+    )?;
+    if let Some(path) = &args.output {
+        let mut w = GgufWriter::new();
+        w.metadata = file.metadata.clone();
+        for (k, v) in summary.to_metadata() {
+            w.set(k, v);
+        }
         for t in &file.tensors {
             w.add_tensor(&t.name, t.ty, &t.dims);
         }

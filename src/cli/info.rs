@@ -44,10 +44,11 @@ pub fn run(args: InfoArgs) -> Result<(), CliError> {
         // Where dsrun can run the model: the cache as it allocates it, per layer kind.
         if let Ok(hp) = dsrun::model::HParams::from_gguf(&file) {
             let n_ctx = args.ctx_size as usize;
+            let stream = args.kv.stream(&file, &hp)?;
             writeln!(
                 out,
                 "dsrun {}",
-                super::kv::describe(&hp, n_ctx, args.kv.types()?)
+                super::kv::describe(&hp, n_ctx, args.kv.types()?, stream.as_ref())
             )?;
         }
         if args.verbose {

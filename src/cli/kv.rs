@@ -1,11 +1,15 @@
-//! KV cache options (`-ctk` / `-ctv`, as llama.cpp spells them) and the line that says what the
-//! cache will take.
+//! KV cache options (`-ctk` / `-ctv`, as llama.cpp spells them; `--kv-window`, `--kv-sinks`,
+//! `--kv-summary`) and the line that says what the cache will take.
 
 use clap::Args;
 use dsrun::engine::{layer_windows, Session};
+use dsrun::gguf::GgufHeader;
 use dsrun::model::kv_cache::{kv_bytes, parse_kv_type};
+use dsrun::model::kv_summary::KvSummary;
+use dsrun::model::kv_window::{Assign, SinkPos, StreamConfig, SummaryConfig};
 use dsrun::model::HParams;
 use dsrun::model::KvTypes;
+use std::sync::Arc;
 
 #[derive(Args, Debug, Clone, Default)]
 pub struct KvArgs {
@@ -15,6 +19,26 @@ pub struct KvArgs {
     /// KV cache type for V: f16, q8_0 or q4_0 (also -ctv)
     #[arg(long = "cache-type-v", value_name = "TYPE", default_value = "f16")]
     pub cache_type_v: String,
+    /// Keep only the last W tokens' K/V (with the sinks and summary): memory fixed for any length
+    #[arg(long = "kv-window", value_name = "W")]
+    pub kv_window: Option<usize>,
+    /// With --kv-window: also keep the first S tokens (attention sinks)
+    #[arg(long = "kv-sinks", value_name = "S", default_value_t = 4)]
+    pub kv_sinks: usize,
+    /// With --kv-window: M summary slots per layer and KV head absorb the tokens that leave the
+    /// window (default: the file's learned slots if it has them, from `dsrun calibrate
+    /// --kv-summary`; 0: none)
+    #[arg(long = "kv-summary", value_name = "M")]
+    pub kv_summary: Option<usize>,
+    /// How a leaving token picks its slot: learned (nearest centroid), round-robin or recency
+    #[arg(long = "kv-summary-assign", default_value = "learned", hide = true)]
+    pub kv_summary_assign: String,
+    /// Add ln(count) to the summary slots' scores (measured worse; for measurements)
+    #[arg(long = "kv-summary-log-count", hide = true)]
+    pub kv_summary_log_count: bool,
+    /// Where sinks sit for queries past the window: cache (StreamingLLM) or absolute
+    #[arg(long = "kv-sink-pos", default_value = "cache", hide = true)]
+    pub kv_sink_pos: String,
 }
 
 impl KvArgs {
@@ -25,17 +49,113 @@ impl KvArgs {
         })
     }
 
-    /// Sets the session's cache types and, unless `quiet`, says on stderr what the cache takes.
+    /// The window, sinks and summary settings, with the learned slots of `file` (if any).
+    pub fn stream(
+        &self,
+        file: &GgufHeader,
+        hp: &HParams,
+    ) -> Result<Option<StreamConfig>, dsrun::Error> {
+        let bad = |m: String| dsrun::Error::Invalid(m);
+        let Some(window) = self.kv_window else {
+            if self.kv_summary.is_some_and(|m| m > 0) {
+                return Err(bad("--kv-summary needs --kv-window".into()));
+            }
+            return Ok(None);
+        };
+        if window == 0 {
+            return Err(bad("--kv-window must be at least 1".into()));
+        }
+        let sink_pos = match self.kv_sink_pos.as_str() {
+            "cache" => SinkPos::Cache,
+            "absolute" => SinkPos::Absolute,
+            o => {
+                return Err(bad(format!(
+                    "--kv-sink-pos {o:?}: expected cache or absolute"
+                )))
+            }
+        };
+        let learned = KvSummary::from_gguf(file, hp.n_layer, hp.n_head_kv, hp.head_dim)?;
+        let summary = match (self.kv_summary_assign.as_str(), self.kv_summary) {
+            (_, Some(0)) => None,
+            ("learned", m) => match (learned, m) {
+                (None, None) => None,
+                (None, Some(m)) => {
+                    return Err(bad(format!(
+                        "--kv-summary {m}: the model has no learned summary slots \
+                         (dsrun calibrate --kv-summary {m} -o copy.gguf writes them)"
+                    )))
+                }
+                (Some(l), m) if m.is_some_and(|m| m != l.n_slot) => {
+                    return Err(bad(format!(
+                        "--kv-summary {}: the model's learned summary has {} slots",
+                        m.unwrap_or(0),
+                        l.n_slot
+                    )))
+                }
+                (Some(l), _) => Some(SummaryConfig {
+                    n_slot: l.n_slot,
+                    assign: Assign::Centroids(Arc::new(l.centroids)),
+                    log_count: self.kv_summary_log_count,
+                }),
+            },
+            (name, m) => {
+                let assign = match name {
+                    "round-robin" => Assign::RoundRobin,
+                    "recency" => Assign::Recency,
+                    o => {
+                        return Err(bad(format!(
+                            "--kv-summary-assign {o:?}: expected learned, round-robin or recency"
+                        )))
+                    }
+                };
+                let m = m.ok_or_else(|| {
+                    bad(format!("--kv-summary-assign {name} needs --kv-summary M"))
+                })?;
+                Some(SummaryConfig {
+                    n_slot: m,
+                    assign,
+                    log_count: self.kv_summary_log_count,
+                })
+            }
+        };
+        Ok(Some(StreamConfig {
+            window,
+            sinks: self.kv_sinks,
+            sink_pos,
+            summary,
+            reference: false,
+        }))
+    }
+
+    /// Sets the session's cache types and window and, unless `quiet`, says on stderr what the
+    /// cache takes.
     pub fn apply(&self, session: &mut Session, quiet: bool) -> Result<(), dsrun::Error> {
         let types = self.types()?;
-        if types != session.kv.types() {
-            session.set_kv_types(types)?;
+        let hp = &session.model.hp;
+        let stream = self.stream(session.model.file, hp)?;
+        if types != session.kv.types() || stream.is_some() {
+            session.set_kv(types, stream.clone())?;
         }
         if !quiet {
+            let hp = &session.model.hp;
             eprintln!(
                 "dsrun: {}",
-                describe(&session.model.hp, session.n_ctx(), types)
+                describe(hp, session.n_ctx(), types, stream.as_ref())
             );
+            if session.n_ctx() > hp.n_ctx_train {
+                let why = match &stream {
+                    Some(c) if c.window + c.sinks <= hp.n_ctx_train => {
+                        "the window and sinks keep every distance within it"
+                    }
+                    _ => "distances past it are untrained and quality may fall",
+                };
+                eprintln!(
+                    "dsrun: warning: a context of {} tokens is beyond the {} the model was \
+                     trained on; {why}",
+                    session.n_ctx(),
+                    hp.n_ctx_train
+                );
+            }
         }
         Ok(())
     }
@@ -43,9 +163,17 @@ impl KvArgs {
 
 /// "KV cache: 4096 tokens, K f16 + V f16, 48.0 MiB (24 layers × 2.0 MiB)", with global and
 /// sliding-window layers (which keep only their window) counted apart where the model has both.
-pub fn describe(hp: &HParams, n_ctx: usize, types: KvTypes) -> String {
+pub fn describe(
+    hp: &HParams,
+    n_ctx: usize,
+    types: KvTypes,
+    stream: Option<&StreamConfig>,
+) -> String {
     let kv_dim = hp.n_head_kv * hp.head_dim;
     let name = |t: dsrun::tensor::GgmlType| t.name().to_lowercase();
+    if let Some(c) = stream {
+        return describe_stream(hp, n_ctx, types, c);
+    }
     let head = format!(
         "KV cache: {n_ctx} tokens, K {} + V {}",
         name(types.k),
@@ -79,6 +207,51 @@ pub fn describe(hp: &HParams, n_ctx: usize, types: KvTypes) -> String {
             )
         }
     }
+}
+
+/// "KV cache: window 4096 + 4 sinks + 64 learned summary slots per KV head, K f16 + V f16,
+/// 48.1 MiB (24 layers × 2.0 MiB), the same for any context length".
+fn describe_stream(hp: &HParams, n_ctx: usize, types: KvTypes, c: &StreamConfig) -> String {
+    let kv_dim = hp.n_head_kv * hp.head_dim;
+    let name = |t: dsrun::tensor::GgmlType| t.name().to_lowercase();
+    let per_pos = kv_bytes(1, 1, kv_dim, types).unwrap_or(0);
+    let windows = layer_windows(hp);
+    let n_stream = windows.iter().filter(|w| w.is_none()).count();
+    let ring = c.window.min(n_ctx) as u64;
+    let per_layer = per_pos * ring + c.extra_bytes(hp.n_head_kv, hp.head_dim) as u64;
+    let native: u64 = windows
+        .iter()
+        .flatten()
+        .map(|&w| per_pos * w.min(n_ctx) as u64)
+        .sum();
+    let summary = match &c.summary {
+        None => String::new(),
+        Some(s) => format!(
+            " + {} {} summary slots per KV head{}",
+            s.n_slot,
+            match s.assign {
+                Assign::Centroids(_) => "learned",
+                Assign::RoundRobin => "round-robin",
+                Assign::Recency => "recency",
+            },
+            if s.log_count { " (+ ln count)" } else { "" }
+        ),
+    };
+    let native_txt = if native > 0 {
+        format!(" + {} in sliding-window layers", mib(native))
+    } else {
+        String::new()
+    };
+    format!(
+        "KV cache: window {} + {} sinks{summary}, K {} + V {}, {} ({n_stream} layers × {}{native_txt}), \
+         the same for any context length (-c {n_ctx})",
+        c.window,
+        c.sinks,
+        name(types.k),
+        name(types.v),
+        mib(per_layer * n_stream as u64 + native),
+        mib(per_layer),
+    )
 }
 
 pub fn mib(b: u64) -> String {

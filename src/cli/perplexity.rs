@@ -8,7 +8,9 @@ use clap::Args;
 use dsrun::engine::{Model, Session};
 use dsrun::gguf::GgufFile;
 use dsrun::perplexity::base_file::{scored_per_chunk, BaseReader, BaseWriter};
-use dsrun::perplexity::{chunks, kl_divergence, log_softmax, score_chunk, KldStats, PplStats};
+use dsrun::perplexity::{
+    chunks, kl_divergence, log_prob, log_softmax, score_chunk, KldStats, PplStats,
+};
 use dsrun::sampling::argmax;
 use dsrun::Error;
 use std::io::Write;
@@ -79,6 +81,21 @@ pub fn run(args: PerplexityArgs) -> Result<(), CliError> {
     let t0 = Instant::now();
     for (i, chunk) in chunks.iter().enumerate() {
         session.clear();
+        if writer.is_none() {
+            // Logits only for the scored half, a batch at a time: long contexts (-c 32768 with
+            // a 150K vocabulary) would otherwise hold gigabytes of logits.
+            stats.add(&score_in_batches(&mut session, chunk, n_vocab)?);
+            write!(out, "[{}]{:.4},", i + 1, stats.ppl())?;
+            out.flush()?;
+            if i == 0 {
+                let per = t0.elapsed().as_secs_f64();
+                eprintln!(
+                    "\ndsrun: {per:.2} s per chunk, about {:.0} s in all",
+                    per * chunks.len() as f64
+                );
+            }
+            continue;
+        }
         let logits = match session.eval_all(chunk) {
             Ok(l) => l,
             Err(e) => {
@@ -119,6 +136,27 @@ pub fn run(args: PerplexityArgs) -> Result<(), CliError> {
         eprintln!("dsrun: experts: {s}");
     }
     Ok(())
+}
+
+/// The negative log-likelihoods of `score_chunk` (tokens `n/2 + 1..n` of the chunk), with the
+/// first half evaluated for its cache only and the rest's logits kept one batch at a time.
+fn score_in_batches(s: &mut Session, chunk: &[u32], n_vocab: usize) -> Result<Vec<f64>, Error> {
+    let (n, half) = (chunk.len(), chunk.len() / 2);
+    s.eval(&chunk[..half])?;
+    let mut nll = Vec::with_capacity(n - 1 - half);
+    let mut j = half;
+    while j < n - 1 {
+        let end = (j + s.n_batch).min(n - 1);
+        let logits = s.eval_all(&chunk[j..end])?;
+        for (r, k) in (j..end).enumerate() {
+            nll.push(-log_prob(
+                &logits[r * n_vocab..(r + 1) * n_vocab],
+                chunk[k + 1],
+            ));
+        }
+        j = end;
+    }
+    Ok(nll)
 }
 
 fn run_kld(args: &PerplexityArgs, model: &Model) -> Result<(), CliError> {

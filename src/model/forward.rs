@@ -7,6 +7,7 @@ use super::activations::{linear, linear_many};
 use super::arch::FfnAct;
 use super::hparams::HParams;
 use super::kv_cache::KvCache;
+use super::kv_window;
 use super::mla;
 use super::moe::moe_ffn;
 use super::moe_select::MoeState;
@@ -174,6 +175,27 @@ fn attention(
         },
         freq_scale: hp.rope_scale,
     };
+    if kv.is_stream(il) {
+        // --kv-window: sinks, a ring and a summary, with positions of its own (kv_window.rs).
+        let mut out = vec![0.0f32; n * q_dim];
+        let inp = kv_window::StreamInput {
+            q: &q,
+            k: &k,
+            v: &v,
+            n_head: hp.n_head,
+            n_head_kv: hp.n_head_kv,
+            head_dim: hd,
+            rope: &rope,
+            scale: hp.scales.attention.unwrap_or(1.0 / (hd as f32).sqrt()),
+            head_sinks: lw.sinks.as_deref(),
+            pos0,
+        };
+        kv_window::attend(kv, il, &inp, &mut out);
+        let mut res = vec![0.0f32; n * hp.n_embd];
+        linear(&lw.wo, &out, n, &mut res);
+        add_bias(&mut res, &lw.bo);
+        return res;
+    }
     for t in 0..n {
         rope.apply(&mut q[t * q_dim..(t + 1) * q_dim], hd, pos0 + t);
         rope.apply(&mut k[t * kv_dim..(t + 1) * kv_dim], hd, pos0 + t);

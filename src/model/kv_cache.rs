@@ -11,6 +11,7 @@ use half::f16;
 use half::slice::HalfFloatSliceExt;
 use half::vec::HalfBitsVecExt;
 
+use super::kv_window::{StreamConfig, StreamLayer};
 use crate::error::{Error, Result};
 use crate::tensor::quants;
 use crate::tensor::GgmlType;
@@ -55,6 +56,8 @@ enum Rows {
 struct Buf {
     ty: GgmlType,
     row_bytes: usize,
+    /// Positions each layer holds.
+    caps: Vec<usize>,
     rows: Vec<Rows>,
 }
 
@@ -85,6 +88,7 @@ impl Buf {
         Ok(Buf {
             ty,
             row_bytes,
+            caps: caps.to_vec(),
             rows,
         })
     }
@@ -141,6 +145,9 @@ pub struct KvCache {
     v: Buf,
     /// Per layer: `Some(w)` for a sliding-window layer kept as a ring of `w` positions.
     windows: Vec<Option<usize>>,
+    /// `--kv-window`: the settings, and per layer the sinks and summary of a stream layer (a
+    /// layer without a native window, whose ring of `window` rows is in `k` / `v`).
+    stream: Option<(StreamConfig, Vec<Option<StreamLayer>>)>,
     /// Positions 0..n_past hold valid entries.
     pub n_past: usize,
 }
@@ -171,19 +178,139 @@ impl KvCache {
         types: KvTypes,
         windows: &[Option<usize>],
     ) -> Result<KvCache> {
+        Self::with_stream(n_ctx, kv_dim, types, windows, None)
+    }
+
+    /// [`KvCache::with_windows`], and with `stream` (its settings, and the layer's KV heads and
+    /// head size) every layer without a native window keeps only `S` sinks, a ring of the last
+    /// `W` positions and, if asked, `M` summary slots per KV head (see `kv_window`).
+    pub fn with_stream(
+        n_ctx: usize,
+        kv_dim: usize,
+        types: KvTypes,
+        windows: &[Option<usize>],
+        stream: Option<(StreamConfig, usize, usize)>,
+    ) -> Result<KvCache> {
         let windows: Vec<Option<usize>> = windows
             .iter()
             .map(|w| w.filter(|&w| w > 0 && w < n_ctx))
             .collect();
-        let caps: Vec<usize> = windows.iter().map(|w| w.unwrap_or(n_ctx)).collect();
+        let stream = match stream {
+            None => None,
+            Some((cfg, n_head_kv, head_dim)) => {
+                if cfg.window == 0 {
+                    return Err(Error::Invalid("--kv-window must be at least 1".into()));
+                }
+                if n_head_kv * head_dim != kv_dim {
+                    return Err(Error::Invalid(format!(
+                        "--kv-window: {n_head_kv} heads of {head_dim} are not {kv_dim} values"
+                    )));
+                }
+                if let Some(s) = &cfg.summary {
+                    if s.n_slot == 0 {
+                        return Err(Error::Invalid("--kv-summary needs at least 1 slot".into()));
+                    }
+                }
+                let layers = windows
+                    .iter()
+                    .map(|w| {
+                        w.is_none()
+                            .then(|| StreamLayer::new(&cfg, n_head_kv, head_dim))
+                    })
+                    .collect();
+                Some((cfg, layers))
+            }
+        };
+        let caps: Vec<usize> = windows
+            .iter()
+            .map(|w| match (w, &stream) {
+                (None, Some((c, _))) => c.window.min(n_ctx),
+                _ => w.unwrap_or(n_ctx),
+            })
+            .collect();
         Ok(KvCache {
             n_ctx,
             kv_dim,
             k: Buf::new(types.k, &caps, kv_dim)?,
             v: Buf::new(types.v, &caps, kv_dim)?,
             windows,
+            stream,
             n_past: 0,
         })
+    }
+
+    /// The `--kv-window` settings, if any.
+    pub fn stream_config(&self) -> Option<&StreamConfig> {
+        self.stream.as_ref().map(|(c, _)| c)
+    }
+
+    /// Whether layer `il` keeps sinks, a window and a summary (`kv_window::attend`).
+    pub fn is_stream(&self, il: usize) -> bool {
+        self.stream.as_ref().is_some_and(|(_, l)| l[il].is_some())
+    }
+
+    pub(crate) fn stream_layer(&mut self, il: usize) -> &mut StreamLayer {
+        self.stream
+            .as_mut()
+            .and_then(|(_, l)| l[il].as_mut())
+            .expect("a stream layer")
+    }
+
+    /// The Hadamard block sizes of K and V for heads of `head_dim` (None: not turned).
+    pub(crate) fn rotations(&self, head_dim: usize) -> (Option<usize>, Option<usize>) {
+        (rot_k(self.k.ty, head_dim), rot_v(self.v.ty, head_dim))
+    }
+
+    /// Widens `n` rows of layer `il` from slot `slot` on.
+    pub(crate) fn ring_read(&self, il: usize, slot: usize, n: usize, k: &mut [f32], v: &mut [f32]) {
+        self.k.widen_from(il, slot, n, k);
+        self.v.widen_from(il, slot, n, v);
+    }
+
+    /// Stores one row of K and V in slot `slot` of layer `il`.
+    pub(crate) fn ring_store(&mut self, il: usize, slot: usize, k: &[f32], v: &[f32]) {
+        self.k.store(il, slot, self.kv_dim, k);
+        self.v.store(il, slot, self.kv_dim, v);
+    }
+
+    /// K and V rows as storing and reading them back gives.
+    pub(crate) fn round_trip(&self, k: &[f32], v: &[f32]) -> (Vec<f32>, Vec<f32>) {
+        (
+            self.k.round_trip(k, self.kv_dim),
+            self.v.round_trip(v, self.kv_dim),
+        )
+    }
+
+    /// From now on, stream layers keep every token's raw (pre-RoPE) K, for calibration: see
+    /// [`KvCache::take_keys`].
+    pub fn record_keys(&mut self) {
+        if let Some((_, layers)) = &mut self.stream {
+            layers.iter_mut().flatten().for_each(StreamLayer::record);
+        }
+    }
+
+    /// The raw K recorded in layer `il` since the cache was last cleared, (n, kv_dim).
+    pub fn take_keys(&mut self, il: usize) -> Vec<f32> {
+        match self.stream.as_mut().and_then(|(_, l)| l[il].as_mut()) {
+            Some(l) => l.take_keys(),
+            None => Vec::new(),
+        }
+    }
+
+    /// Fills every slot of the cache with NaN (f16 NaN, or quantized blocks whose scale is
+    /// NaN), and the sinks too, so that a test sees any read of a slot never written.
+    pub fn poison(&mut self) {
+        for b in [&mut self.k, &mut self.v] {
+            for r in b.rows.iter_mut() {
+                match r {
+                    Rows::F16(d) => d.iter_mut().for_each(|x| *x = f16::NAN),
+                    Rows::Quant(d) => d.iter_mut().for_each(|x| *x = 0xff),
+                }
+            }
+        }
+        if let Some((_, layers)) = &mut self.stream {
+            layers.iter_mut().flatten().for_each(StreamLayer::poison);
+        }
     }
 
     /// The ring size of layer `il`, if it keeps only a window.
@@ -245,14 +372,17 @@ impl KvCache {
 
     pub fn clear(&mut self) {
         self.n_past = 0;
+        if let Some((_, layers)) = &mut self.stream {
+            layers.iter_mut().flatten().for_each(StreamLayer::reset);
+        }
     }
 
     /// Forgets everything from position `n` on (to rewind or to reuse a shared prefix). A ring
     /// layer has overwritten the rows a rewind would need, so with one the cache empties
     /// instead: check `n_past` afterwards.
     pub fn truncate(&mut self, n: usize) {
-        if n < self.n_past && self.windows.iter().any(Option::is_some) {
-            self.n_past = 0;
+        if n < self.n_past && (self.windows.iter().any(Option::is_some) || self.stream.is_some()) {
+            self.clear();
         }
         self.n_past = self.n_past.min(n);
     }
@@ -309,10 +439,18 @@ impl KvCache {
         self.v.widen(il, out.len() / self.kv_dim, out)
     }
 
-    /// Bytes the whole cache takes (K and V, every layer, `n_ctx` positions or its window).
+    /// Bytes the whole cache takes (K and V, every layer, `n_ctx` positions or its window;
+    /// with `--kv-window`, the ring and the f32 sinks and summary).
     pub fn bytes(&self) -> usize {
-        let positions: usize = self.windows.iter().map(|w| w.unwrap_or(self.n_ctx)).sum();
-        positions * (self.k.row_bytes + self.v.row_bytes)
+        let positions: usize = self.k.caps.iter().sum();
+        let extra = self.stream.as_ref().map_or(0, |(_, layers)| {
+            layers
+                .iter()
+                .flatten()
+                .map(StreamLayer::bytes)
+                .sum::<usize>()
+        });
+        positions * (self.k.row_bytes + self.v.row_bytes) + extra
     }
 }
 

@@ -6,6 +6,8 @@ pub mod forward;
 pub mod hparams;
 pub mod info;
 pub mod kv_cache;
+pub mod kv_summary;
+pub mod kv_window;
 pub mod mla;
 pub mod moe;
 pub mod moe_calibration;
