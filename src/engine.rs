@@ -180,7 +180,14 @@ impl<'m, 'a> Session<'m, 'a> {
         for batch in tokens.chunks(self.n_batch) {
             if let Some(g) = &mut self.gpu {
                 let m = self.model;
-                logits = g.forward(&m.hp, &m.weights, batch, self.kv.n_past, false, &mut self.moe)?;
+                logits = g.forward(
+                    &m.hp,
+                    &m.weights,
+                    batch,
+                    self.kv.n_past,
+                    false,
+                    &mut self.moe,
+                )?;
                 self.kv.n_past += batch.len();
                 self.tokens.extend_from_slice(batch);
                 continue;
@@ -210,7 +217,14 @@ impl<'m, 'a> Session<'m, 'a> {
         for batch in tokens.chunks(n_batch) {
             if let Some(g) = &mut self.gpu {
                 let m = self.model;
-                logits.extend(g.forward(&m.hp, &m.weights, batch, self.kv.n_past, true, &mut self.moe)?);
+                logits.extend(g.forward(
+                    &m.hp,
+                    &m.weights,
+                    batch,
+                    self.kv.n_past,
+                    true,
+                    &mut self.moe,
+                )?);
                 self.kv.n_past += batch.len();
                 self.tokens.extend_from_slice(batch);
                 continue;

@@ -33,9 +33,7 @@ impl DeviceArgs {
         match self.device.as_deref() {
             Some("gpu") => Ok(true),
             Some("cpu") => Ok(false),
-            Some(d) => Err(Error::Invalid(format!(
-                "--device {d}: expected cpu or gpu"
-            ))),
+            Some(d) => Err(Error::Invalid(format!("--device {d}: expected cpu or gpu"))),
             None => Ok(self.gpu_layers.is_some_and(|n| n > 0)),
         }
     }

@@ -164,9 +164,12 @@ pub fn run(args: RunArgs) -> Result<(), CliError> {
         }
         if let Some(p) = session.gpu.as_ref().and_then(|g| g.profile.as_ref()) {
             let mut v: Vec<_> = p.lock().unwrap().clone().into_iter().collect();
-            v.sort_by(|a, b| b.1.cmp(&a.1));
+            v.sort_by_key(|b| std::cmp::Reverse(b.1));
             for (name, t) in v {
-                eprintln!("dsrun: GPU profile: {name:<20} {:>9.1} ms", t.as_secs_f64() * 1e3);
+                eprintln!(
+                    "dsrun: GPU profile: {name:<20} {:>9.1} ms",
+                    t.as_secs_f64() * 1e3
+                );
             }
         }
     }

@@ -25,9 +25,9 @@ pub fn experts(ffn: &Ffn, n_embd: usize, h: &[f32], ids: &[u32], wts: &[f32]) ->
     let n_expert = gate.n_rows / n_ff;
     let mut routed: Vec<Vec<(usize, f32)>> = vec![Vec::new(); n_expert];
     for (z, (&x, &wt)) in ids.iter().zip(wts).enumerate() {
-        let slot = routed.get_mut(x as usize).ok_or_else(|| {
-            Error::Invalid(format!("GPU routing chose expert {x} of {n_expert}"))
-        })?;
+        let slot = routed
+            .get_mut(x as usize)
+            .ok_or_else(|| Error::Invalid(format!("GPU routing chose expert {x} of {n_expert}")))?;
         slot.push((z / k, wt));
     }
     let mut out = vec![0.0f32; n * e];
@@ -48,7 +48,10 @@ pub fn experts(ffn: &Ffn, n_embd: usize, h: &[f32], ids: &[u32], wts: &[f32]) ->
         let mut d = vec![0.0f32; m * e];
         linear(&down.rows(x * e, e), &g, m, &mut d);
         for (i, &(t, wt)) in toks.iter().enumerate() {
-            for (o, &v) in out[t * e..(t + 1) * e].iter_mut().zip(&d[i * e..(i + 1) * e]) {
+            for (o, &v) in out[t * e..(t + 1) * e]
+                .iter_mut()
+                .zip(&d[i * e..(i + 1) * e])
+            {
                 *o += wt * v;
             }
         }

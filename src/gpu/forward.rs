@@ -17,15 +17,19 @@ use std::sync::Arc;
 use bytemuck::{Pod, Zeroable};
 
 use super::cpu_moe;
-use super::ops::{u32s, MatvecDispatch, NormParams, RopeUniform, StepUniform, MAX_GROUPS};
+use super::ops::{
+    u32s, GpuMatrix, MatvecDispatch, NormParams, RopeUniform, StepUniform, MAX_GROUPS,
+};
 use super::shaders;
 use super::weights::{GpuFfn, GpuLayer, GpuWeights};
 use super::GpuContext;
 use crate::error::{Error, Result};
+use crate::kernels::qdot::{act_kind, ActKind};
 use crate::kernels::rope::RopeParams;
 use crate::model::arch::Gating;
 use crate::model::moe_select::MoeState;
 use crate::model::{HParams, Weights};
+use crate::tensor::GgmlType;
 
 pub use super::weights::GpuOptions;
 
@@ -54,6 +58,32 @@ impl GpuModel {
             )));
         }
         Ok(GpuModel { ctx, w: gw, opts })
+    }
+
+    /// Bytes of weights one decoded token reads on the GPU: every matrix but the experts, and of
+    /// each expert tensor the share of the experts a token uses (k of n_expert). The KV cache
+    /// and activations are left out (small at the lengths the roofline is quoted for).
+    pub fn decode_bytes(&self, hp: &HParams) -> u64 {
+        let share = |b: u64| b * hp.n_expert_used as u64 / hp.n_expert.max(1) as u64;
+        let mut bytes = self.w.output.bytes();
+        for l in &self.w.layers {
+            bytes += [&l.wq, &l.wk, &l.wv, &l.wo]
+                .iter()
+                .map(|m| m.bytes())
+                .sum::<u64>();
+            bytes += match &l.ffn {
+                GpuFfn::Dense { gate, up, down } => gate.bytes() + up.bytes() + down.bytes(),
+                GpuFfn::Moe {
+                    router, experts, ..
+                } => {
+                    router.bytes()
+                        + experts
+                            .as_ref()
+                            .map_or(0, |e| e.iter().map(|m| share(m.bytes())).sum())
+                }
+            };
+        }
+        bytes
     }
 
     /// One line for stderr: the adapter, what runs where, the bytes uploaded.
@@ -125,6 +155,8 @@ enum Groups {
     Rows(u32),
     /// One invocation per element, `per_tok` elements per token, 64 to a workgroup.
     Elements(u32),
+    /// [`Groups::Elements`] for one token, whatever the batch.
+    ElementsOnce(u32),
     /// One workgroup per (head, token).
     Heads(u32),
     /// One workgroup.
@@ -144,6 +176,7 @@ impl Groups {
                 let g = (n_tok * e).div_ceil(64).max(1);
                 (g.min(MAX_GROUPS), g.div_ceil(MAX_GROUPS), 1)
             }
+            Groups::ElementsOnce(e) => Groups::Elements(e).at(1),
             Groups::Heads(h) => (h, n_tok, 1),
             Groups::One => (1, 1, 1),
         }
@@ -181,6 +214,7 @@ struct Acts {
     cpu_out: wgpu::Buffer, // (B, n_embd) the CPU experts' sum
     xo: wgpu::Buffer,      // (R, n_embd) normed rows whose logits are wanted
     logits: wgpu::Buffer,  // (R, n_vocab)
+    xq: wgpu::Buffer,      // (B, widest input) activations rounded to the CPU's grid
     dummy: wgpu::Buffer,
     step: wgpu::Buffer,
     staging: wgpu::Buffer,
@@ -210,10 +244,19 @@ struct Builder<'a> {
     ctx: &'a GpuContext,
     hp: &'a HParams,
     a: &'a Acts,
+    /// The buffer and grid `a.xq` holds now (so q, k and v quantize `h` once).
+    xq_holds: std::cell::Cell<Option<(*const wgpu::Buffer, &'static str)>>,
+    /// `DSRUN_REFERENCE=1`: f32 activations, as the CPU's reference products take them.
+    f32_acts: bool,
 }
 
 impl Builder<'_> {
-    fn pipe(&self, key: &str, source: &str, entry: &str) -> Result<(String, Arc<wgpu::ComputePipeline>)> {
+    fn pipe(
+        &self,
+        key: &str,
+        source: &str,
+        entry: &str,
+    ) -> Result<(String, Arc<wgpu::ComputePipeline>)> {
         Ok((key.to_string(), self.ctx.pipeline(key, source, entry)?))
     }
 
@@ -223,6 +266,7 @@ impl Builder<'_> {
         buffers: &[(u32, &wgpu::Buffer)],
         groups: Groups,
     ) -> Dispatch {
+        self.xq_holds.set(None);
         Dispatch {
             name,
             bind: self.ctx.bind(&pipeline, buffers),
@@ -248,6 +292,76 @@ impl Builder<'_> {
                 fixed_z,
             },
         }));
+    }
+
+    /// `x` (per_tok values a token, or a token's expert slots) rounded to the activation grid
+    /// the CPU dots `ty` weights against, into `a.xq`; returns the buffer to multiply from.
+    fn acts<'b>(
+        &'b self,
+        out: &mut Vec<Dispatch>,
+        ty: GgmlType,
+        x: &'b wgpu::Buffer,
+        per_tok: usize,
+    ) -> Result<&'b wgpu::Buffer> {
+        if self.f32_acts {
+            return Ok(x);
+        }
+        let (entry, block) = match act_kind(ty) {
+            ActKind::Q8_0 | ActKind::Q8_1 => ("q8_0", 32),
+            ActKind::Q8K => ("q8_k", 256),
+            ActKind::F32 => return Ok(x),
+        };
+        let key = (x as *const wgpu::Buffer, entry);
+        if self.xq_holds.get() == Some(key) {
+            return Ok(&self.a.xq);
+        }
+        let p = self.pipe(&format!("quantize_{entry}"), shaders::QUANTIZE, entry)?;
+        let params = self.ctx.uniform(&EwParams {
+            width: u32s(per_tok, "width")?,
+            k: 0,
+            _pad: [0; 2],
+        });
+        out.push(self.d(
+            p,
+            &[(0, x), (1, &self.a.xq), (2, &params), (3, &self.a.step)],
+            Groups::Elements(u32s(per_tok / block, "blocks")?),
+        ));
+        self.xq_holds.set(Some(key));
+        Ok(&self.a.xq)
+    }
+
+    /// `y (+)= m · x` with x rounded as the CPU rounds it.
+    fn mm(
+        &self,
+        out: &mut Vec<Dispatch>,
+        m: &GpuMatrix,
+        x: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        accumulate: bool,
+    ) -> Result<()> {
+        let xs = self.acts(out, m.ty, x, m.n_cols)?;
+        let ds = m.dispatches(self.ctx, xs, y, accumulate)?;
+        self.mv(out, ds, 1, None);
+        Ok(())
+    }
+
+    /// Expert products `y[z] = W_{ids[z]} · x[z / x_div]` over each token's `k` slots.
+    #[allow(clippy::too_many_arguments)]
+    fn mm_ids(
+        &self,
+        out: &mut Vec<Dispatch>,
+        m: &GpuMatrix,
+        x: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        rows: usize,
+        x_div: usize,
+        k: usize,
+    ) -> Result<()> {
+        let per_tok = m.n_cols * k / x_div;
+        let xs = self.acts(out, m.ty, x, per_tok)?;
+        let d = m.dispatch_ids(self.ctx, xs, y, &self.a.ids, rows, x_div)?;
+        self.mv(out, vec![d], u32s(k, "experts per token")?, None);
+        Ok(())
     }
 
     fn norm_to(
@@ -309,9 +423,9 @@ impl Builder<'_> {
         let mut w = std::mem::take(&mut segs.last_mut().expect("one segment").work);
 
         w.push(self.norm_to(&a.h, &l.attn_norm, &a.x, "rms_norm_to")?);
-        self.mv(&mut w, l.wq.dispatches(ctx, &a.h, &a.q, false)?, 1, None);
-        self.mv(&mut w, l.wk.dispatches(ctx, &a.h, &a.k, false)?, 1, None);
-        self.mv(&mut w, l.wv.dispatches(ctx, &a.h, &a.v, false)?, 1, None);
+        self.mm(&mut w, &l.wq, &a.h, &a.q, false)?;
+        self.mm(&mut w, &l.wk, &a.h, &a.k, false)?;
+        self.mm(&mut w, &l.wv, &a.h, &a.v, false)?;
         for (bias, buf, width) in [(&l.bq, &a.q, qd), (&l.bk, &a.k, kvd), (&l.bv, &a.v, kvd)] {
             if let Some(b) = bias {
                 w.push(self.ew("add_bias", buf, b, width, 1)?);
@@ -382,7 +496,7 @@ impl Builder<'_> {
             ],
             Groups::Heads(u32s(hp.n_head, "heads")?),
         ));
-        self.mv(&mut w, l.wo.dispatches(ctx, &a.att, &a.x, true)?, 1, None);
+        self.mm(&mut w, &l.wo, &a.att, &a.x, true)?;
         if let Some(b) = &l.bo {
             w.push(self.ew("add_bias", &a.x, b, hp.n_embd, 1)?);
         }
@@ -390,10 +504,10 @@ impl Builder<'_> {
         w.push(self.norm_to(&a.h, &l.ffn_norm, &a.x, "rms_norm_to")?);
         match &l.ffn {
             GpuFfn::Dense { gate, up, down } => {
-                self.mv(&mut w, gate.dispatches(ctx, &a.h, &a.g, false)?, 1, None);
-                self.mv(&mut w, up.dispatches(ctx, &a.h, &a.u, false)?, 1, None);
+                self.mm(&mut w, gate, &a.h, &a.g, false)?;
+                self.mm(&mut w, up, &a.h, &a.u, false)?;
                 w.push(self.ew("glu", &a.g, &a.u, gate.n_rows, 1)?);
-                self.mv(&mut w, down.dispatches(ctx, &a.g, &a.x, true)?, 1, None);
+                self.mm(&mut w, down, &a.g, &a.x, true)?;
             }
             GpuFfn::Moe {
                 router,
@@ -401,7 +515,7 @@ impl Builder<'_> {
                 n_ff,
             } => {
                 let k = hp.n_expert_used;
-                self.mv(&mut w, router.dispatches(ctx, &a.h, &a.rl, false)?, 1, None);
+                self.mm(&mut w, router, &a.h, &a.rl, false)?;
                 let r = &hp.routing;
                 let params = ctx.uniform(&RouteParams {
                     n_expert: u32s(hp.n_expert, "experts")?,
@@ -421,16 +535,12 @@ impl Builder<'_> {
                     &[(0, &a.rl), (1, &a.ids), (2, &a.wts), (3, &params)],
                     Groups::Rows(1),
                 ));
-                let kz = u32s(k, "experts per token")?;
                 match experts.as_deref() {
                     Some([gate, up, down]) => {
-                        let ids = &a.ids;
-                        let g = gate.dispatch_ids(ctx, &a.h, &a.g, ids, *n_ff, k)?;
-                        let u = up.dispatch_ids(ctx, &a.h, &a.u, ids, *n_ff, k)?;
-                        self.mv(&mut w, vec![g, u], kz, None);
+                        self.mm_ids(&mut w, gate, &a.h, &a.g, *n_ff, k, k)?;
+                        self.mm_ids(&mut w, up, &a.h, &a.u, *n_ff, k, k)?;
                         w.push(self.ew("glu", &a.g, &a.u, k * n_ff, 1)?);
-                        let d = down.dispatch_ids(ctx, &a.g, &a.dm, ids, hp.n_embd, 1)?;
-                        self.mv(&mut w, vec![d], kz, None);
+                        self.mm_ids(&mut w, down, &a.g, &a.dm, hp.n_embd, 1, k)?;
                         w.push(self.ew("moe_sum", &a.x, &a.dm, hp.n_embd, k)?);
                     }
                     None => {
@@ -493,6 +603,7 @@ impl GpuSession {
             cpu_out: z("cpu experts", b * e)?,
             xo: z("output rows", r * e)?,
             logits: z("logits", r * n_vocab as u64)?,
+            xq: z("rounded activations", b * e.max(qd).max(ff))?,
             dummy: z("dummy", 1)?,
             step: ctx.uniform(&StepUniform {
                 n_tok: 0,
@@ -511,25 +622,35 @@ impl GpuSession {
             let bytes = n_ctx as u64 * kvd * 2;
             kv.push((ctx.zeroed("K cache", bytes)?, ctx.zeroed("V cache", bytes)?));
         }
-        let bld = Builder { ctx: &ctx, hp, a: &a };
+        let bld = Builder {
+            ctx: &ctx,
+            hp,
+            a: &a,
+            xq_holds: Default::default(),
+            f32_acts: std::env::var("DSRUN_REFERENCE").is_ok_and(|v| v == "1"),
+        };
         let mut segments = vec![Segment::default()];
         for (l, kv) in model.w.layers.iter().zip(&kv) {
             bld.layer(l, kv, &mut segments)?;
         }
-        let mut tail_last = vec![bld.norm_to(&a.xo, &model.w.output_norm, &a.x, "rms_norm_last")?];
+        let out = &model.w.output;
+        let mut tail_last =
+            vec![bld.norm_to(&a.xo, &model.w.output_norm, &a.x, "rms_norm_last")?];
+        // One row: its quantization is one token's worth of blocks, whatever the batch.
+        let xs = bld.acts(&mut tail_last, out.ty, &a.xo, out.n_cols)?;
+        if tail_last.len() == 2 {
+            if let Groups::Elements(e) = tail_last[1].groups {
+                tail_last[1].groups = Groups::ElementsOnce(e);
+            }
+        }
         bld.mv(
             &mut tail_last,
-            model.w.output.dispatches(&ctx, &a.xo, &a.logits, false)?,
+            out.dispatches(&ctx, xs, &a.logits, false)?,
             1,
             Some(1),
         );
         let mut tail_all = vec![bld.norm_to(&a.xo, &model.w.output_norm, &a.x, "rms_norm_to")?];
-        bld.mv(
-            &mut tail_all,
-            model.w.output.dispatches(&ctx, &a.xo, &a.logits, false)?,
-            1,
-            None,
-        );
+        bld.mm(&mut tail_all, out, &a.xo, &a.logits, false)?;
         Ok(GpuSession {
             model,
             n_batch: n_batch.max(1),
@@ -613,7 +734,8 @@ impl GpuSession {
             x.iter_mut().for_each(|v| *v *= s);
         }
         let n_tok = u32s(n, "tokens")?;
-        ctx.queue.write_buffer(&self.a.x, 0, bytemuck::cast_slice(&x));
+        ctx.queue
+            .write_buffer(&self.a.x, 0, bytemuck::cast_slice(&x));
         ctx.queue.write_buffer(
             &self.a.step,
             0,

@@ -228,6 +228,44 @@ impl GpuContext {
         Ok(out)
     }
 
+    /// Device memory bandwidth as a buffer-to-buffer copy measures it: (bytes read + bytes
+    /// written) per second, the best of three rounds of ten copies of up to 256 MiB. The
+    /// roofline of decoding divides it by the bytes a token reads.
+    pub fn copy_bandwidth(&self) -> Result<f64> {
+        let size = (256u64 << 20).min(self.device.limits().max_buffer_size) & !255;
+        let make = |label| {
+            self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size,
+                usage: wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
+        };
+        let (a, b) = (make("copy a"), make("copy b"));
+        let wait = || {
+            self.device
+                .poll(wgpu::PollType::wait_indefinitely())
+                .map_err(|e| Error::Invalid(format!("GPU: waiting for the device: {e}")))
+        };
+        let round = |n: u32| -> Result<f64> {
+            let mut enc = self.device.create_command_encoder(&Default::default());
+            for i in 0..n {
+                let (src, dst) = if i % 2 == 0 { (&a, &b) } else { (&b, &a) };
+                enc.copy_buffer_to_buffer(src, 0, dst, 0, size);
+            }
+            let t = std::time::Instant::now();
+            self.queue.submit([enc.finish()]);
+            wait()?;
+            Ok(t.elapsed().as_secs_f64())
+        };
+        round(2)?;
+        let mut best = f64::MAX;
+        for _ in 0..3 {
+            best = best.min(round(10)?);
+        }
+        Ok(2.0 * 10.0 * size as f64 / best)
+    }
+
     /// How many pipelines have been compiled (for tests of the cache).
     pub fn n_pipelines(&self) -> usize {
         self.pipelines.lock().unwrap().len()

@@ -206,6 +206,13 @@ pub(crate) struct StepUniform {
     pub _pad: [u32; 2],
 }
 
+/// One dispatch to run: pipeline, bindings, workgroups.
+type Work<'a> = (
+    &'a Arc<wgpu::ComputePipeline>,
+    &'a wgpu::BindGroup,
+    (u32, u32, u32),
+);
+
 /// The ops over one context.
 pub struct GpuOps<'c> {
     pub ctx: &'c GpuContext,
@@ -221,10 +228,7 @@ impl<'c> GpuOps<'c> {
     }
 
     /// Runs dispatches of `pipeline`, each with its bind group and workgroups, in one submission.
-    fn dispatch_all(
-        &self,
-        work: &[(&Arc<wgpu::ComputePipeline>, &wgpu::BindGroup, (u32, u32, u32))],
-    ) -> Result<()> {
+    fn dispatch_all(&self, work: &[Work]) -> Result<()> {
         let scope = self
             .ctx
             .device

@@ -17,6 +17,7 @@ const NORM: &str = include_str!("../../shaders/norm.wgsl");
 const SOFTMAX: &str = include_str!("../../shaders/softmax.wgsl");
 pub const ROPE: &str = include_str!("../../shaders/rope.wgsl");
 pub const ELEMENTWISE: &str = include_str!("../../shaders/elementwise.wgsl");
+pub const QUANTIZE: &str = include_str!("../../shaders/quantize.wgsl");
 pub const MOE: &str = include_str!("../../shaders/moe.wgsl");
 const ATTENTION: &str = include_str!("../../shaders/attention.wgsl");
 
@@ -73,5 +74,6 @@ pub fn all_modules() -> Vec<(String, String, &'static str)> {
     v.push(("attention".into(), attention_source(), "attention"));
     v.push(("elementwise".into(), ELEMENTWISE.into(), "glu"));
     v.push(("moe".into(), MOE.into(), "route"));
+    v.push(("quantize".into(), QUANTIZE.into(), "q8_k"));
     v
 }

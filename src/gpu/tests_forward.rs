@@ -21,7 +21,10 @@ fn buf(ctx: &GpuContext, v: &[f32]) -> wgpu::Buffer {
 }
 
 fn read(ctx: &GpuContext, b: &wgpu::Buffer, n: usize) -> Vec<f32> {
-    read_u32(ctx, b, n).into_iter().map(f32::from_bits).collect()
+    read_u32(ctx, b, n)
+        .into_iter()
+        .map(f32::from_bits)
+        .collect()
 }
 
 fn read_u32(ctx: &GpuContext, b: &wgpu::Buffer, n: usize) -> Vec<u32> {
@@ -118,7 +121,10 @@ fn routing_matches_cpu_for_each_gating() {
                 let cpu = route(&rp, &logits[t * ne..(t + 1) * ne]);
                 for (j, (x, w)) in cpu.iter().enumerate() {
                     assert_eq!(gi[t * k + j] as usize, *x, "{gating:?} norm {norm}: ids");
-                    assert!((gw[t * k + j] - w).abs() < 1e-5 * w.abs().max(1.0), "weights");
+                    assert!(
+                        (gw[t * k + j] - w).abs() < 1e-5 * w.abs().max(1.0),
+                        "weights"
+                    );
                 }
             }
         }
@@ -127,9 +133,7 @@ fn routing_matches_cpu_for_each_gating() {
 
 /// f32 → f16 → f32, as the GPU cache stores K and V.
 fn f16_round(v: &[f32]) -> Vec<f32> {
-    v.iter()
-        .map(|&x| half::f16::from_f32(x).to_f32())
-        .collect()
+    v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect()
 }
 
 #[test]
@@ -183,7 +187,14 @@ fn kv_store_and_attention_match_cpu() {
         run(
             ctx,
             ("kv_store", &src, "kv_store"),
-            &[(1, &kc), (2, &vc), (4, &params), (5, &st), (7, &kb), (8, &vb)],
+            &[
+                (1, &kc),
+                (2, &vc),
+                (4, &params),
+                (5, &st),
+                (7, &kb),
+                (8, &vb),
+            ],
             (n_pairs.div_ceil(64), 1, 1),
         );
         run(
@@ -266,14 +277,26 @@ fn elementwise_ops_match_cpu() {
                 bufs.push((4, &wb));
             }
             let g = ((n_tok * width) as u32).div_ceil(64);
-            run(ctx, (&format!("ew_{entry}"), shaders::ELEMENTWISE, entry), &bufs, (g, 1, 1));
+            run(
+                ctx,
+                (&format!("ew_{entry}"), shaders::ELEMENTWISE, entry),
+                &bufs,
+                (g, 1, 1),
+            );
             read(ctx, &ab, a.len())
         };
         let silu = crate::kernels::activation::silu;
         let cpu: Vec<f32> = a.iter().zip(&b).map(|(x, y)| silu(*x) * y).collect();
         assert!(nmse(&ew("glu", 1, &b[..a.len()]), &cpu) < NMSE, "glu");
-        let cpu: Vec<f32> = a.iter().enumerate().map(|(i, x)| x + b[i % width]).collect();
-        assert!(nmse(&ew("add_bias", 1, &b[..width]), &cpu) < NMSE, "add_bias");
+        let cpu: Vec<f32> = a
+            .iter()
+            .enumerate()
+            .map(|(i, x)| x + b[i % width])
+            .collect();
+        assert!(
+            nmse(&ew("add_bias", 1, &b[..width]), &cpu) < NMSE,
+            "add_bias"
+        );
         let cpu: Vec<f32> = a.iter().zip(&b).map(|(x, y)| x + y).collect();
         assert!(nmse(&ew("add", 1, &b[..a.len()]), &cpu) < NMSE, "add");
         let mut cpu = a.clone();
@@ -302,7 +325,10 @@ fn expert_products_read_the_expert_from_a_buffer() {
             .unwrap();
         let x = rng.vec(n_tok * n_cols, 1.0);
         let ids: Vec<u32> = (0..n_tok * k).map(|_| rng.below(n_expert) as u32).collect();
-        let (xb, idb) = (buf(ctx, &x), ctx.storage("ids", bytemuck::cast_slice(&ids)).unwrap());
+        let (xb, idb) = (
+            buf(ctx, &x),
+            ctx.storage("ids", bytemuck::cast_slice(&ids)).unwrap(),
+        );
         let y = ctx.zeroed("y", (n_tok * k * rows * 4) as u64).unwrap();
         let d = m.dispatch_ids(ctx, &xb, &y, &idb, rows, k).unwrap();
         let p = d.pipeline.clone();
