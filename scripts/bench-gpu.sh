@@ -90,8 +90,11 @@ run() {
             fi
             local g=(run -m "$m" --temp 0 -n 32 -c 256 -q "$prompt")
             local cpu gpu split
-            cpu="$("$bin" "${g[@]}" --device cpu)"
-            gpu="$("$bin" "${g[@]}" --device gpu)"
+            if ! cpu="$("$bin" "${g[@]}" --device cpu)" || ! gpu="$("$bin" "${g[@]}" --device gpu)"; then
+                echo "- $name: dsrun run FAILED"
+                fail=1
+                continue
+            fi
             if [[ "$gpu" == "$cpu" ]]; then
                 echo "- $name: greedy text of 32 tokens on the GPU equals the CPU's"
             else
@@ -99,7 +102,7 @@ run() {
                 fail=1
             fi
             if [[ "$name" != "$QWEN15" ]]; then
-                split="$("$bin" "${g[@]}" --device gpu --n-cpu-moe 3)"
+                split="$("$bin" "${g[@]}" --device gpu --n-cpu-moe 3)" || split="(dsrun run failed)"
                 if [[ "$split" == "$cpu" ]]; then
                     echo "- $name: with --n-cpu-moe 3 too"
                 else
@@ -107,8 +110,12 @@ run() {
                     fail=1
                 fi
             fi
-            "$bin" bench -m "$m" -p "$pp" -n "$tg" -r "$reps" --device gpu
-            "$bin" bench -m "$m" -p "$pp" -n "$tg" -r "$reps" --device cpu
+            for dev in gpu cpu; do
+                if ! "$bin" bench -m "$m" -p "$pp" -n "$tg" -r "$reps" --device "$dev"; then
+                    echo "- $name: dsrun bench --device $dev FAILED"
+                    fail=1
+                fi
+            done
         done
         exit "$fail"
     } 2>&1 | tee "$report"
