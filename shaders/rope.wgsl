@@ -1,35 +1,39 @@
 // Rotary position embedding in place over x (n_tok, n_head, head_dim), token t at position
-// pos0 + t; only the first n_rot dims of a head rotate. mode 0 rotates adjacent pairs
+// step.pos0 + t; only the first n_rot dims of a head rotate. mode 0 rotates adjacent pairs
 // (x[2i], x[2i+1]) as ggml's "norm" RoPE, mode 2 rotates (x[i], x[i + n_rot/2]) as "neox".
 // theta_i = pos * base^(-2i/n_rot) by repeated multiplication, as ggml and the CPU path do.
 // One invocation per (token, head, pair).
 
 struct Params {
-    n_tok: u32,
     n_head: u32,
     head_dim: u32,
     n_rot: u32,
-    pos0: u32,
     mode: u32,
     freq_base: f32,
     freq_scale: f32,
 }
 
+struct Step {
+    n_tok: u32,
+    pos0: u32,
+}
+
 @group(0) @binding(0) var<storage, read_write> x: array<f32>;
 @group(0) @binding(1) var<uniform> params: Params;
+@group(0) @binding(2) var<uniform> step: Step;
 
 @compute @workgroup_size(64)
 fn rope(@builtin(global_invocation_id) gid: vec3<u32>) {
     let half = params.n_rot / 2u;
     let idx = gid.x;
-    if (idx >= params.n_tok * params.n_head * half) {
+    if (idx >= step.n_tok * params.n_head * half) {
         return;
     }
     let i = idx % half;
     let head = (idx / half) % params.n_head;
     let tok = idx / (half * params.n_head);
     let theta_scale = pow(params.freq_base, -2.0 / f32(params.n_rot));
-    var theta = f32(params.pos0 + tok);
+    var theta = f32(step.pos0 + tok);
     for (var k = 0u; k < i; k++) {
         theta *= theta_scale;
     }

@@ -4,6 +4,7 @@
 
 use crate::error::{Error, Result};
 use crate::gguf::GgufFile;
+use crate::gpu::{GpuContext, GpuModel, GpuOptions, GpuSession};
 use crate::model::forward::forward_moe;
 use crate::model::kv_window::StreamConfig;
 use crate::model::moe_calibration::MoeCalibration;
@@ -12,6 +13,7 @@ use crate::model::{HParams, KvCache, KvTypes, Weights};
 use crate::sampling::Sampler;
 use crate::tokenizer::Tokenizer;
 use std::ops::ControlFlow;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// A model ready to run, borrowing its tensors from the mapped file.
@@ -22,6 +24,8 @@ pub struct Model<'a> {
     pub tokenizer: Tokenizer,
     /// The calibrated expert-count rule stored in the file by `dsrun calibrate`, if any.
     pub moe_calibration: Option<MoeCalibration>,
+    /// The weights on a GPU, when the model runs there (`--device gpu`).
+    pub gpu: Option<Arc<GpuModel>>,
 }
 
 impl<'a> Model<'a> {
@@ -47,7 +51,15 @@ impl<'a> Model<'a> {
             weights,
             tokenizer,
             moe_calibration,
+            gpu: None,
         })
+    }
+
+    /// Uploads the weights to `ctx`'s device; sessions made afterwards run there.
+    pub fn use_gpu(&mut self, ctx: Arc<GpuContext>, opts: GpuOptions) -> Result<()> {
+        let g = GpuModel::new(ctx, &self.hp, &self.weights, opts)?;
+        self.gpu = Some(Arc::new(g));
+        Ok(())
     }
 }
 
@@ -89,6 +101,8 @@ pub struct Session<'m, 'a> {
     pub tokens: Vec<u32>,
     /// How many experts each token uses (the model's own count by default), and the counts.
     pub moe: MoeState,
+    /// The KV cache and activations on the GPU when the model runs there.
+    pub gpu: Option<GpuSession>,
 }
 
 impl<'m, 'a> Session<'m, 'a> {
@@ -110,22 +124,33 @@ impl<'m, 'a> Session<'m, 'a> {
             n_batch: n_batch.max(1),
             tokens: Vec::new(),
             moe: MoeState::default(),
+            gpu: match &model.gpu {
+                Some(g) => Some(GpuSession::new(g.clone(), hp, n_ctx, n_batch.max(1))?),
+                None => None,
+            },
         })
     }
 
     /// Stores K and V as `types` from now on (the cache starts empty again).
     pub fn set_kv_types(&mut self, types: KvTypes) -> Result<()> {
-        let hp = &self.model.hp;
-        let kv_dim = hp.n_head_kv * hp.head_dim;
-        self.kv = KvCache::with_windows(self.kv.n_ctx, kv_dim, types, &layer_windows(hp))?;
-        self.tokens.clear();
-        Ok(())
+        self.set_kv(types, None)
     }
 
     /// Keeps K and V as `types` and, with `stream`, only sinks, a window and a summary in
     /// every layer without a native window (`kv_window`); the cache starts empty again.
     pub fn set_kv(&mut self, types: KvTypes, stream: Option<StreamConfig>) -> Result<()> {
         let hp = &self.model.hp;
+        if self.gpu.is_some() && types != KvTypes::default() {
+            return Err(Error::Invalid(
+                "the GPU keeps its KV cache in f16 only: drop -ctk/-ctv or use --device cpu".into(),
+            ));
+        }
+        if self.gpu.is_some() && stream.is_some() {
+            return Err(Error::Invalid(
+                "the GPU keeps a full KV cache: drop --kv-window/--kv-summary or use --device cpu"
+                    .into(),
+            ));
+        }
         if stream.is_some() && hp.mla.is_some() {
             return Err(Error::Invalid(
                 "--kv-window is not supported for multi-head latent attention (deepseek2)".into(),
@@ -146,6 +171,12 @@ impl<'m, 'a> Session<'m, 'a> {
     /// Sets the expert selection after checking it against the model.
     pub fn set_moe(&mut self, config: MoeConfig) -> Result<()> {
         config.validate(self.model.hp.n_expert, self.model.hp.n_layer)?;
+        if self.gpu.is_some() && !config.is_model_default() {
+            return Err(Error::Invalid(
+                "the GPU uses the model's own expert count only: drop --moe-* or use --device cpu"
+                    .into(),
+            ));
+        }
         self.moe.config = config;
         Ok(())
     }
@@ -171,6 +202,20 @@ impl<'m, 'a> Session<'m, 'a> {
         self.check_fits(tokens)?;
         let mut logits = Vec::new();
         for batch in tokens.chunks(self.n_batch) {
+            if let Some(g) = &mut self.gpu {
+                let m = self.model;
+                logits = g.forward(
+                    &m.hp,
+                    &m.weights,
+                    batch,
+                    self.kv.n_past,
+                    false,
+                    &mut self.moe,
+                )?;
+                self.kv.n_past += batch.len();
+                self.tokens.extend_from_slice(batch);
+                continue;
+            }
             logits = forward_moe(
                 &self.model.hp,
                 &self.model.weights,
@@ -189,7 +234,25 @@ impl<'m, 'a> Session<'m, 'a> {
     pub fn eval_all(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
         self.check_fits(tokens)?;
         let mut logits = Vec::with_capacity(tokens.len() * self.model.hp.n_vocab);
-        for batch in tokens.chunks(self.n_batch) {
+        let n_batch = match &self.gpu {
+            Some(g) => self.n_batch.min(g.max_out_rows),
+            None => self.n_batch,
+        };
+        for batch in tokens.chunks(n_batch) {
+            if let Some(g) = &mut self.gpu {
+                let m = self.model;
+                logits.extend(g.forward(
+                    &m.hp,
+                    &m.weights,
+                    batch,
+                    self.kv.n_past,
+                    true,
+                    &mut self.moe,
+                )?);
+                self.kv.n_past += batch.len();
+                self.tokens.extend_from_slice(batch);
+                continue;
+            }
             logits.extend(forward_moe(
                 &self.model.hp,
                 &self.model.weights,

@@ -53,6 +53,8 @@ pub struct BenchArgs {
     pub moe: MoeArgs,
     #[command(flatten)]
     pub kv: super::kv::KvArgs,
+    #[command(flatten)]
+    pub device: super::device::DeviceArgs,
 }
 
 struct Result1 {
@@ -136,7 +138,25 @@ fn run_test(
 
 pub fn run(args: BenchArgs) -> Result<(), CliError> {
     let file = GgufFile::open(&args.model)?;
-    let model = Model::load(&file)?;
+    let mut model = Model::load(&file)?;
+    args.device.apply(&mut model, false)?;
+    // On the GPU: memory bandwidth by a copy, and the decode roofline it implies.
+    let roofline = match &model.gpu {
+        Some(g) => {
+            let bw = g.ctx.copy_bandwidth()?;
+            let bytes = g.decode_bytes(&model.hp);
+            eprintln!(
+                "dsrun bench: GPU copy bandwidth {:.1} GB/s; a decoded token reads {:.1} MiB of \
+                 weights: roofline {:.1} t/s",
+                bw / 1e9,
+                bytes as f64 / (1u64 << 20) as f64,
+                bw / bytes as f64
+            );
+            Some((bw, bytes))
+        }
+        None => None,
+    };
+    let device = if model.gpu.is_some() { "gpu" } else { "cpu" };
     let (moe, what) = args.moe.config(&model)?;
     if let Some(w) = what.filter(|_| !moe.is_model_default()) {
         eprintln!("dsrun bench: {w}");
@@ -218,8 +238,14 @@ pub fn run(args: BenchArgs) -> Result<(), CliError> {
                     Some(s) => format!(", {s}"),
                     None => String::new(),
                 };
+                let roof = match roofline.filter(|_| r.n_gen > 0) {
+                    Some((bw, bytes)) => {
+                        format!(", {:.0}% of the roofline", 100.0 * m * bytes as f64 / bw)
+                    }
+                    None => String::new(),
+                };
                 eprintln!(
-                    "dsrun bench: t={t} {}: {m:.2} ± {sd:.2} t/s{experts}",
+                    "dsrun bench: t={t} {device} {}: {m:.2} ± {sd:.2} t/s{experts}{roof}",
                     r.test_name()
                 );
             }
@@ -259,6 +285,11 @@ pub fn run(args: BenchArgs) -> Result<(), CliError> {
                     "samples_ts": ts,
                     "moe_avg_experts": r.experts.average(),
                     "moe_avg_experts_per_layer": r.experts.per_layer(),
+                    "device": device,
+                    "gpu_name": model.gpu.as_ref().map(|g| g.ctx.info.name.clone()),
+                    "gpu_copy_bandwidth_bps": roofline.map(|r| r.0),
+                    "decode_bytes_per_token": roofline.map(|r| r.1),
+                    "roofline_ts": roofline.map(|(bw, b)| bw / b as f64),
                 })
             })
             .collect();
@@ -268,13 +299,16 @@ pub fn run(args: BenchArgs) -> Result<(), CliError> {
             serde_json::to_string_pretty(&arr).expect("serializable")
         )?;
     } else {
-        writeln!(out, "| model | size | params | threads | test | t/s |")?;
-        writeln!(out, "| --- | ---: | ---: | ---: | ---: | ---: |")?;
+        writeln!(
+            out,
+            "| model | size | params | device | threads | test | t/s |"
+        )?;
+        writeln!(out, "| --- | ---: | ---: | --- | ---: | ---: | ---: |")?;
         for r in &results {
             let (m, sd) = Result1::mean_std(&r.ts());
             writeln!(
                 out,
-                "| {name} | {:.2} MiB | {:.2} M | {} | {} | {m:.2} ± {sd:.2} |",
+                "| {name} | {:.2} MiB | {:.2} M | {device} | {} | {} | {m:.2} ± {sd:.2} |",
                 size as f64 / (1u64 << 20) as f64,
                 params as f64 / 1e6,
                 r.threads,

@@ -77,6 +77,12 @@ pub fn run(args: CalibrateArgs) -> Result<(), CliError> {
             .into());
         }
     }
+    if args.model.device.wants_gpu()? {
+        return Err(Error::Invalid(
+            "calibrate runs on the CPU (it records every router score): drop --device/-ngl".into(),
+        )
+        .into());
+    }
     let model = Model::load(&file)?;
     let hp = &model.hp;
     if hp.n_expert == 0 {

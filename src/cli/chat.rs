@@ -172,7 +172,8 @@ impl Chat<'_, '_> {
 pub fn run(args: ChatArgs) -> Result<(), CliError> {
     args.model.init_threads();
     let file = GgufFile::open(&args.model.model)?;
-    let model = Model::load(&file)?;
+    let mut model = Model::load(&file)?;
+    args.model.device.apply(&mut model, false)?;
     let tok = &model.tokenizer;
     let template = ChatTemplate::for_model(&file, args.chat_template.as_deref(), |id| {
         String::from_utf8_lossy(&tok.token_to_piece(id, true)).into_owned()

@@ -25,6 +25,8 @@ pub struct ModelArgs {
     pub moe: MoeArgs,
     #[command(flatten)]
     pub kv: super::kv::KvArgs,
+    #[command(flatten)]
+    pub device: super::device::DeviceArgs,
 }
 
 impl ModelArgs {

@@ -258,7 +258,7 @@ pub fn mib(b: u64) -> String {
     format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64)
 }
 
-/// Rewrites llama.cpp's two-letter-and-more short flags `-ctk` / `-ctv`, which clap cannot
+/// Rewrites llama.cpp's two-letter-and-more short flags `-ctk` / `-ctv` / `-ngl`, which clap cannot
 /// parse as short options, to their long forms.
 pub fn expand_llama_flags(
     args: impl Iterator<Item = std::ffi::OsString>,
@@ -266,6 +266,7 @@ pub fn expand_llama_flags(
     args.map(|a| match a.to_str() {
         Some("-ctk") => "--cache-type-k".into(),
         Some("-ctv") => "--cache-type-v".into(),
+        Some("-ngl") => "--gpu-layers".into(),
         _ => a,
     })
     .collect()

@@ -4,6 +4,7 @@ mod bench;
 mod calibrate;
 mod chat;
 mod common;
+mod device;
 mod imatrix;
 mod info;
 mod kv;

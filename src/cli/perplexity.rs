@@ -39,7 +39,8 @@ pub struct PerplexityArgs {
 pub fn run(args: PerplexityArgs) -> Result<(), CliError> {
     args.model.init_threads();
     let file = GgufFile::open(&args.model.model)?;
-    let model = Model::load(&file)?;
+    let mut model = Model::load(&file)?;
+    args.model.device.apply(&mut model, false)?;
     if args.kl_divergence {
         return run_kld(&args, &model);
     }

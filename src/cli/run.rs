@@ -78,7 +78,10 @@ pub fn run(args: RunArgs) -> Result<(), CliError> {
     let prompt = read_prompt(args.prompt)?;
     let t_load = Instant::now();
     let file = GgufFile::open(&args.model.model)?;
-    let model = Model::load(&file)?;
+    let mut model = Model::load(&file)?;
+    args.model
+        .device
+        .apply(&mut model, args.quiet || args.json)?;
     let load_time = t_load.elapsed();
     let n_ctx = args.model.n_ctx(4096, model.hp.n_ctx_train);
     let mut session = Session::new(&model, n_ctx, args.model.batch_size)?;
@@ -158,6 +161,16 @@ pub fn run(args: RunArgs) -> Result<(), CliError> {
         );
         if let Some(s) = session.moe.stats.summary().filter(|_| args.verbose) {
             eprintln!("dsrun: experts: {s}");
+        }
+        if let Some(p) = session.gpu.as_ref().and_then(|g| g.profile.as_ref()) {
+            let mut v: Vec<_> = p.lock().unwrap().clone().into_iter().collect();
+            v.sort_by_key(|b| std::cmp::Reverse(b.1));
+            for (name, t) in v {
+                eprintln!(
+                    "dsrun: GPU profile: {name:<20} {:>9.1} ms",
+                    t.as_secs_f64() * 1e3
+                );
+            }
         }
     }
     Ok(())

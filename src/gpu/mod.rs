@@ -9,16 +9,26 @@
 //! Each op has the CPU kernel of [`crate::kernels`] as its reference twin; `src/gpu/tests.rs`
 //! holds them together on random shapes by normalized mean squared error.
 //!
-//! Not yet here (issue 8): the forward pass on the GPU (device-resident activations and KV
-//! cache), attention, MoE dispatch, the other weight types (Q5_0, Q5_K, Q8_K-style tiling,
-//! f16/subgroup variants), weights over one storage binding's limit (128 MiB on lavapipe).
+//! The forward pass on the device ([`forward`]) keeps weights ([`weights`]), activations and the
+//! KV cache in GPU buffers and records one command buffer per batch; [`cpu_moe`] runs the
+//! experts of the layers that `--n-cpu-moe` keeps in RAM.
+//!
+//! Not yet here (issue 8): the other weight types (Q5_0, Q5_K, ...), f16/subgroup variants, a
+//! matrix-matrix (prefill) shader, sliding-window rings on the GPU (windows are masked over a
+//! full cache), MLA, quantized KV caches on the GPU.
 
+mod cpu_moe;
+pub mod forward;
 mod ops;
 pub mod repack;
 pub mod shaders;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_forward;
+pub mod weights;
 
+pub use forward::{GpuModel, GpuOptions, GpuSession};
 pub use ops::{GpuMatrix, GpuOps};
 
 use std::collections::HashMap;
@@ -134,6 +144,126 @@ impl GpuContext {
             .unwrap()
             .insert(key.to_string(), p.clone());
         Ok(p)
+    }
+
+    /// A bind group of `pipeline` with `buffers` at their bindings.
+    pub fn bind(
+        &self,
+        pipeline: &wgpu::ComputePipeline,
+        buffers: &[(u32, &wgpu::Buffer)],
+    ) -> wgpu::BindGroup {
+        let layout = pipeline.get_bind_group_layout(0);
+        let entries: Vec<wgpu::BindGroupEntry> = buffers
+            .iter()
+            .map(|(b, buf)| wgpu::BindGroupEntry {
+                binding: *b,
+                resource: buf.as_entire_binding(),
+            })
+            .collect();
+        self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: None,
+            layout: &layout,
+            entries: &entries,
+        })
+    }
+
+    /// A uniform buffer holding `v`.
+    pub fn uniform<T: bytemuck::Pod>(&self, v: &T) -> wgpu::Buffer {
+        use wgpu::util::DeviceExt;
+        self.device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("params"),
+                contents: bytemuck::bytes_of(v),
+                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            })
+    }
+
+    /// A zeroed storage buffer of `bytes` (at least 4), checked against the binding limit.
+    pub fn zeroed(&self, label: &str, bytes: u64) -> Result<wgpu::Buffer> {
+        let limit = self.info.max_storage_binding;
+        if bytes > limit {
+            return Err(Error::Invalid(format!(
+                "GPU: {label} needs {bytes} bytes in one binding; this adapter allows {limit}"
+            )));
+        }
+        Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: bytes.max(4).next_multiple_of(4),
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_DST
+                | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        }))
+    }
+
+    /// A storage buffer holding `bytes`, checked against the binding limit.
+    pub fn storage(&self, label: &str, bytes: &[u8]) -> Result<wgpu::Buffer> {
+        let buf = self.zeroed(label, bytes.len() as u64)?;
+        if !bytes.is_empty() {
+            self.queue.write_buffer(&buf, 0, bytes);
+        }
+        Ok(buf)
+    }
+
+    /// Waits for the device, then copies `size` bytes of the mappable `staging` buffer out.
+    pub fn read_staging(&self, staging: &wgpu::Buffer, size: u64) -> Result<Vec<u8>> {
+        let slice = staging.slice(..size.max(4));
+        let (tx, rx) = std::sync::mpsc::channel();
+        slice.map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Invalid(format!("GPU: waiting for the device: {e}")))?;
+        rx.recv()
+            .map_err(|_| Error::Invalid("GPU: the read-back was dropped".into()))?
+            .map_err(|e| Error::Invalid(format!("GPU: read-back: {e}")))?;
+        let out = {
+            let view = slice
+                .get_mapped_range()
+                .map_err(|e| Error::Invalid(format!("GPU: read-back: {e}")))?;
+            view[..size as usize].to_vec()
+        };
+        staging.unmap();
+        Ok(out)
+    }
+
+    /// Device memory bandwidth as a buffer-to-buffer copy measures it: (bytes read + bytes
+    /// written) per second, the best of three rounds of ten copies of up to 256 MiB. The
+    /// roofline of decoding divides it by the bytes a token reads.
+    pub fn copy_bandwidth(&self) -> Result<f64> {
+        let size = (256u64 << 20).min(self.device.limits().max_buffer_size) & !255;
+        let make = |label| {
+            self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size,
+                usage: wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
+        };
+        let (a, b) = (make("copy a"), make("copy b"));
+        let wait = || {
+            self.device
+                .poll(wgpu::PollType::wait_indefinitely())
+                .map_err(|e| Error::Invalid(format!("GPU: waiting for the device: {e}")))
+        };
+        let round = |n: u32| -> Result<f64> {
+            let mut enc = self.device.create_command_encoder(&Default::default());
+            for i in 0..n {
+                let (src, dst) = if i % 2 == 0 { (&a, &b) } else { (&b, &a) };
+                enc.copy_buffer_to_buffer(src, 0, dst, 0, size);
+            }
+            let t = std::time::Instant::now();
+            self.queue.submit([enc.finish()]);
+            wait()?;
+            Ok(t.elapsed().as_secs_f64())
+        };
+        round(2)?;
+        let mut best = f64::MAX;
+        for _ in 0..3 {
+            best = best.min(round(10)?);
+        }
+        Ok(2.0 * 10.0 * size as f64 / best)
     }
 
     /// How many pipelines have been compiled (for tests of the cache).

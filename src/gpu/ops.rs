@@ -1,11 +1,10 @@
-//! The ops of the GPU backend, each one dispatch over buffers on the device. This first layer
-//! takes and returns host slices (upload, dispatch, read back), which is what the tests against
-//! the CPU twins need; a forward pass on the GPU will chain device buffers instead.
+//! The ops of the GPU backend over host slices (upload, dispatch, read back), which is what the
+//! tests against the CPU twins need, and the weight matrix on the device with its recorded
+//! dispatches, which the forward pass ([`super::forward`]) chains over device buffers.
 
 use std::sync::Arc;
 
 use bytemuck::{Pod, Zeroable};
-use wgpu::util::DeviceExt;
 
 use super::GpuContext;
 use super::{repack, shaders};
@@ -14,14 +13,22 @@ use crate::kernels::rope::{RopeKind, RopeParams};
 use crate::tensor::GgmlType;
 
 /// Workgroups along one dispatch dimension: WebGPU guarantees 65535.
-const MAX_GROUPS: u32 = 65535;
+pub(crate) const MAX_GROUPS: u32 = 65535;
 
 /// A weight matrix on the device, its blocks split into aligned segments ([`repack`]): `d` (the
-/// f32 scales; for F32 the values themselves) and `qs` (the quant bytes as u32 words).
+/// f32 scales; for F32 the values themselves) and `qs` (the quant bytes as u32 words). A matrix
+/// larger than one storage binding is held as several parts of whole rows.
 pub struct GpuMatrix {
     pub ty: GgmlType,
     pub n_rows: usize,
     pub n_cols: usize,
+    pub parts: Vec<MatrixPart>,
+}
+
+/// Rows `row0 .. row0 + n_rows` of a [`GpuMatrix`].
+pub struct MatrixPart {
+    pub row0: usize,
+    pub n_rows: usize,
     d: wgpu::Buffer,
     qs: Option<wgpu::Buffer>,
 }
@@ -31,16 +38,127 @@ pub struct GpuMatrix {
 struct MatvecParams {
     n_rows: u32,
     n_cols: u32,
-    n_tok: u32,
     rows_per_y: u32,
+    y_stride: u32,
+    y_off: u32,
+    accumulate: u32,
+    x_div: u32,
+    _pad: u32,
+}
+
+/// One recorded dispatch of a matrix product: its pipeline, bindings and the workgroups along x
+/// and y (z is the token count, or tokens × experts per token).
+pub struct MatvecDispatch {
+    pub name: String,
+    pub pipeline: Arc<wgpu::ComputePipeline>,
+    pub bind: wgpu::BindGroup,
+    pub groups_xy: (u32, u32),
+}
+
+impl GpuMatrix {
+    /// Bytes on the device.
+    pub fn bytes(&self) -> u64 {
+        self.parts
+            .iter()
+            .map(|p| p.d.size() + p.qs.as_ref().map_or(0, |q| q.size()))
+            .sum()
+    }
+
+    /// `y[t][r] (+)= W[r] · x[t]`, one dispatch per part; rows of y are `n_rows` apart.
+    pub fn dispatches(
+        &self,
+        ctx: &GpuContext,
+        x: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        accumulate: bool,
+    ) -> Result<Vec<MatvecDispatch>> {
+        let source = shaders::matvec_source(self.ty).expect("checked at upload");
+        let pipeline = ctx.pipeline(&format!("matvec_{}", self.ty.name()), &source, "main")?;
+        self.parts
+            .iter()
+            .map(|p| {
+                let rows = u32s(p.n_rows, "rows")?;
+                let rows_per_y = rows.clamp(1, MAX_GROUPS);
+                let params = ctx.uniform(&MatvecParams {
+                    n_rows: rows,
+                    n_cols: u32s(self.n_cols, "columns")?,
+                    rows_per_y,
+                    y_stride: u32s(self.n_rows, "rows")?,
+                    y_off: u32s(p.row0, "rows")?,
+                    accumulate: accumulate as u32,
+                    x_div: 1,
+                    _pad: 0,
+                });
+                let mut bufs = vec![(0, &p.d)];
+                if let Some(q) = &p.qs {
+                    bufs.push((1, q));
+                }
+                bufs.extend([(2, x), (3, y), (4, &params)]);
+                Ok(MatvecDispatch {
+                    name: format!("matvec_{}", self.ty.name()),
+                    bind: ctx.bind(&pipeline, &bufs),
+                    pipeline: pipeline.clone(),
+                    groups_xy: (rows_per_y, rows.div_ceil(rows_per_y)),
+                })
+            })
+            .collect()
+    }
+
+    /// For stacked experts of `rows_per_expert` rows each: `y[z] = W_{ids[z]} · x[z / x_div]`
+    /// for z over (token, slot); y rows are `rows_per_expert` long. The matrix must be one part.
+    pub fn dispatch_ids(
+        &self,
+        ctx: &GpuContext,
+        x: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        ids: &wgpu::Buffer,
+        rows_per_expert: usize,
+        x_div: usize,
+    ) -> Result<MatvecDispatch> {
+        let [p] = &self.parts[..] else {
+            return Err(Error::Invalid(format!(
+                "GPU: a stacked expert tensor of {} bytes spans several bindings",
+                self.bytes()
+            )));
+        };
+        let source = shaders::matvec_source(self.ty).expect("checked at upload");
+        let pipeline = ctx.pipeline(
+            &format!("matvec_ids_{}", self.ty.name()),
+            &source,
+            "main_ids",
+        )?;
+        let rows = u32s(rows_per_expert, "rows")?;
+        let rows_per_y = rows.clamp(1, MAX_GROUPS);
+        let params = ctx.uniform(&MatvecParams {
+            n_rows: rows,
+            n_cols: u32s(self.n_cols, "columns")?,
+            rows_per_y,
+            y_stride: rows,
+            y_off: 0,
+            accumulate: 0,
+            x_div: u32s(x_div.max(1), "experts per token")?,
+            _pad: 0,
+        });
+        let mut bufs = vec![(0, &p.d)];
+        if let Some(q) = &p.qs {
+            bufs.push((1, q));
+        }
+        bufs.extend([(2, x), (3, y), (4, &params), (5, ids)]);
+        Ok(MatvecDispatch {
+            name: format!("matvec_ids_{}", self.ty.name()),
+            bind: ctx.bind(&pipeline, &bufs),
+            pipeline,
+            groups_xy: (rows_per_y, rows.div_ceil(rows_per_y)),
+        })
+    }
 }
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
-struct NormParams {
-    n: u32,
-    eps: f32,
-    _pad: [u32; 2],
+pub(crate) struct NormParams {
+    pub n: u32,
+    pub eps: f32,
+    pub _pad: [u32; 2],
 }
 
 #[repr(C)]
@@ -52,23 +170,55 @@ struct SoftmaxParams {
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
-struct RopeUniform {
-    n_tok: u32,
-    n_head: u32,
-    head_dim: u32,
-    n_rot: u32,
-    pos0: u32,
-    mode: u32,
-    freq_base: f32,
-    freq_scale: f32,
+pub(crate) struct RopeUniform {
+    pub n_head: u32,
+    pub head_dim: u32,
+    pub n_rot: u32,
+    pub mode: u32,
+    pub freq_base: f32,
+    pub freq_scale: f32,
+    pub _pad: [u32; 2],
 }
+
+impl RopeUniform {
+    pub fn new(n_head: usize, head_dim: usize, rope: &RopeParams) -> Result<RopeUniform> {
+        Ok(RopeUniform {
+            n_head: u32s(n_head, "heads")?,
+            head_dim: u32s(head_dim, "head size")?,
+            n_rot: u32s(rope.n_rot, "rotated dims")?,
+            mode: match rope.kind {
+                RopeKind::Norm => 0,
+                RopeKind::Neox => 2,
+            },
+            freq_base: rope.freq_base,
+            freq_scale: rope.freq_scale,
+            _pad: [0; 2],
+        })
+    }
+}
+
+/// The per-batch values every dynamic shader reads (`struct Step` in WGSL).
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub(crate) struct StepUniform {
+    pub n_tok: u32,
+    pub pos0: u32,
+    pub _pad: [u32; 2],
+}
+
+/// One dispatch to run: pipeline, bindings, workgroups.
+type Work<'a> = (
+    &'a Arc<wgpu::ComputePipeline>,
+    &'a wgpu::BindGroup,
+    (u32, u32, u32),
+);
 
 /// The ops over one context.
 pub struct GpuOps<'c> {
     pub ctx: &'c GpuContext,
 }
 
-fn u32s(v: usize, what: &str) -> Result<u32> {
+pub(crate) fn u32s(v: usize, what: &str) -> Result<u32> {
     u32::try_from(v).map_err(|_| Error::Invalid(format!("GPU: {what} {v} is too large")))
 }
 
@@ -77,88 +227,39 @@ impl<'c> GpuOps<'c> {
         GpuOps { ctx }
     }
 
-    fn storage(&self, label: &str, bytes: &[u8], writable: bool) -> Result<wgpu::Buffer> {
-        let limit = self.ctx.info.max_storage_binding;
-        if bytes.len() as u64 > limit {
-            return Err(Error::Invalid(format!(
-                "GPU: {label} needs {} bytes in one binding; this adapter allows {limit}",
-                bytes.len()
-            )));
-        }
-        // wgpu refuses zero-sized bindings.
-        let padded;
-        let contents = if bytes.is_empty() {
-            padded = [0u8; 4];
-            &padded[..]
-        } else {
-            bytes
-        };
-        let mut usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST;
-        if writable {
-            usage |= wgpu::BufferUsages::COPY_SRC;
-        }
-        Ok(self
-            .ctx
-            .device
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some(label),
-                contents,
-                usage,
-            }))
-    }
-
-    fn uniform<T: Pod>(&self, v: &T) -> wgpu::Buffer {
-        self.ctx
-            .device
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some("params"),
-                contents: bytemuck::bytes_of(v),
-                usage: wgpu::BufferUsages::UNIFORM,
-            })
-    }
-
-    /// Runs one dispatch of `pipeline` with `buffers` bound at 0, 1, … (in that order).
-    fn dispatch(
-        &self,
-        pipeline: &Arc<wgpu::ComputePipeline>,
-        buffers: &[(u32, &wgpu::Buffer)],
-        groups: (u32, u32, u32),
-    ) -> Result<()> {
+    /// Runs dispatches of `pipeline`, each with its bind group and workgroups, in one submission.
+    fn dispatch_all(&self, work: &[Work]) -> Result<()> {
         let scope = self
             .ctx
             .device
             .push_error_scope(wgpu::ErrorFilter::Validation);
-        let layout = pipeline.get_bind_group_layout(0);
-        let entries: Vec<wgpu::BindGroupEntry> = buffers
-            .iter()
-            .map(|(b, buf)| wgpu::BindGroupEntry {
-                binding: *b,
-                resource: buf.as_entire_binding(),
-            })
-            .collect();
-        let bind = self
-            .ctx
-            .device
-            .create_bind_group(&wgpu::BindGroupDescriptor {
-                label: None,
-                layout: &layout,
-                entries: &entries,
-            });
         let mut enc = self
             .ctx
             .device
             .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
         {
             let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
-            pass.set_pipeline(pipeline);
-            pass.set_bind_group(0, &bind, &[]);
-            pass.dispatch_workgroups(groups.0, groups.1, groups.2);
+            for (pipeline, bind, groups) in work {
+                pass.set_pipeline(pipeline);
+                pass.set_bind_group(0, *bind, &[]);
+                pass.dispatch_workgroups(groups.0, groups.1, groups.2);
+            }
         }
         self.ctx.queue.submit([enc.finish()]);
         if let Some(e) = pollster::block_on(scope.pop()) {
             return Err(Error::Invalid(format!("GPU dispatch: {e}")));
         }
         Ok(())
+    }
+
+    fn dispatch(
+        &self,
+        pipeline: &Arc<wgpu::ComputePipeline>,
+        buffers: &[(u32, &wgpu::Buffer)],
+        groups: (u32, u32, u32),
+    ) -> Result<()> {
+        let bind = self.ctx.bind(pipeline, buffers);
+        self.dispatch_all(&[(pipeline, &bind, groups)])
     }
 
     /// Copies `n` f32 from a device buffer back to the host.
@@ -176,36 +277,31 @@ impl<'c> GpuOps<'c> {
             .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
         enc.copy_buffer_to_buffer(buf, 0, &staging, 0, size);
         self.ctx.queue.submit([enc.finish()]);
-        let slice = staging.slice(..size);
-        let (tx, rx) = std::sync::mpsc::channel();
-        slice.map_async(wgpu::MapMode::Read, move |r| {
-            let _ = tx.send(r);
-        });
-        self.ctx
-            .device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| Error::Invalid(format!("GPU: waiting for the device: {e}")))?;
-        rx.recv()
-            .map_err(|_| Error::Invalid("GPU: the read-back was dropped".into()))?
-            .map_err(|e| Error::Invalid(format!("GPU: read-back: {e}")))?;
-        let out = {
-            let view = slice
-                .get_mapped_range()
-                .map_err(|e| Error::Invalid(format!("GPU: read-back: {e}")))?;
-            bytemuck::pod_collect_to_vec::<u8, f32>(&view)
-        };
-        staging.unmap();
-        Ok(out)
+        let bytes = self.ctx.read_staging(&staging, size)?;
+        Ok(bytemuck::pod_collect_to_vec::<u8, f32>(&bytes))
     }
 
     /// Uploads a weight matrix of `n_rows` rows of `n_cols` values in ggml's layout (`bytes`),
-    /// splitting its blocks into aligned segments.
+    /// splitting its blocks into aligned segments, in parts that fit one binding each.
     pub fn upload_matrix(
         &self,
         ty: GgmlType,
         n_rows: usize,
         n_cols: usize,
         bytes: &[u8],
+    ) -> Result<GpuMatrix> {
+        self.upload_matrix_limit(ty, n_rows, n_cols, bytes, self.ctx.info.max_storage_binding)
+    }
+
+    /// [`Self::upload_matrix`] with parts of at most `limit` bytes per segment (tests use a
+    /// small limit to exercise the split).
+    pub fn upload_matrix_limit(
+        &self,
+        ty: GgmlType,
+        n_rows: usize,
+        n_cols: usize,
+        bytes: &[u8],
+        limit: u64,
     ) -> Result<GpuMatrix> {
         let layout = match (shaders::matvec_source(ty), repack::layout(ty)) {
             (Some(_), Some(l)) => l,
@@ -216,7 +312,7 @@ impl<'c> GpuOps<'c> {
                 )))
             }
         };
-        if !n_cols.is_multiple_of(layout.block) {
+        if n_rows == 0 || !n_cols.is_multiple_of(layout.block) || n_cols == 0 {
             return Err(Error::Invalid(format!(
                 "GPU: rows of {n_cols} values are not whole {}-value blocks",
                 layout.block
@@ -231,17 +327,30 @@ impl<'c> GpuOps<'c> {
                 bytes.len()
             )));
         }
-        let (d, qs) = layout.split_all(bytes);
-        let qs = (layout.n_words > 0).then_some(qs);
+        let nb = n_cols / layout.block;
+        let seg_row = (nb * layout.n_f * 4).max(nb * layout.n_words * 4) as u64;
+        let rows_per_part = (limit / seg_row).max(1) as usize;
+        let mut parts = Vec::new();
+        let mut row0 = 0;
+        while row0 < n_rows {
+            let n = rows_per_part.min(n_rows - row0);
+            let (d, qs) = layout.split_all(&bytes[row0 * row_bytes..(row0 + n) * row_bytes]);
+            parts.push(MatrixPart {
+                row0,
+                n_rows: n,
+                d: self.ctx.storage("weights d", bytemuck::cast_slice(&d))?,
+                qs: match layout.n_words {
+                    0 => None,
+                    _ => Some(self.ctx.storage("weights qs", &qs)?),
+                },
+            });
+            row0 += n;
+        }
         Ok(GpuMatrix {
             ty,
             n_rows,
             n_cols,
-            d: self.storage("weights d", bytemuck::cast_slice(&d), false)?,
-            qs: match qs {
-                Some(q) => Some(self.storage("weights qs", &q, false)?),
-                None => None,
-            },
+            parts,
         })
     }
 
@@ -255,32 +364,20 @@ impl<'c> GpuOps<'c> {
                 w.n_cols
             )));
         }
-        let source = shaders::matvec_source(w.ty).expect("checked at upload");
-        let key = format!("matvec_{}", w.ty.name());
-        let pipeline = self.ctx.pipeline(&key, &source, "main")?;
-        let n_rows = u32s(w.n_rows, "rows")?;
-        let rows_per_y = n_rows.clamp(1, MAX_GROUPS);
-        let groups_y = n_rows.div_ceil(rows_per_y);
         let tok = u32s(n_tok, "tokens")?;
-        if tok > MAX_GROUPS {
+        if tok > MAX_GROUPS || tok == 0 {
             return Err(Error::Invalid(format!(
                 "GPU matmul: {n_tok} tokens in one call"
             )));
         }
-        let xb = self.storage("x", bytemuck::cast_slice(x), false)?;
-        let yb = self.storage("y", &vec![0u8; n_tok * w.n_rows * 4], true)?;
-        let params = self.uniform(&MatvecParams {
-            n_rows,
-            n_cols: u32s(w.n_cols, "columns")?,
-            n_tok: tok,
-            rows_per_y,
-        });
-        let mut bufs = vec![(0, &w.d)];
-        if let Some(q) = &w.qs {
-            bufs.push((1, q));
-        }
-        bufs.extend([(2, &xb), (3, &yb), (4, &params)]);
-        self.dispatch(&pipeline, &bufs, (rows_per_y, groups_y, tok))?;
+        let xb = self.ctx.storage("x", bytemuck::cast_slice(x))?;
+        let yb = self.ctx.zeroed("y", (n_tok * w.n_rows * 4) as u64)?;
+        let ds = w.dispatches(self.ctx, &xb, &yb, false)?;
+        let work: Vec<_> = ds
+            .iter()
+            .map(|d| (&d.pipeline, &d.bind, (d.groups_xy.0, d.groups_xy.1, tok)))
+            .collect();
+        self.dispatch_all(&work)?;
         self.read(&yb, n_tok * w.n_rows)
     }
 
@@ -296,9 +393,9 @@ impl<'c> GpuOps<'c> {
         let pipeline = self
             .ctx
             .pipeline("rms_norm", &shaders::norm_source(), "rms_norm")?;
-        let xb = self.storage("x", bytemuck::cast_slice(x), true)?;
-        let wb = self.storage("w", bytemuck::cast_slice(w), false)?;
-        let params = self.uniform(&NormParams {
+        let xb = self.ctx.storage("x", bytemuck::cast_slice(x))?;
+        let wb = self.ctx.storage("w", bytemuck::cast_slice(w))?;
+        let params = self.ctx.uniform(&NormParams {
             n: u32s(n, "row length")?,
             eps,
             _pad: [0; 2],
@@ -324,8 +421,8 @@ impl<'c> GpuOps<'c> {
         let pipeline = self
             .ctx
             .pipeline("softmax", &shaders::softmax_source(), "softmax")?;
-        let xb = self.storage("x", bytemuck::cast_slice(x), true)?;
-        let params = self.uniform(&SoftmaxParams {
+        let xb = self.ctx.storage("x", bytemuck::cast_slice(x))?;
+        let params = self.ctx.uniform(&SoftmaxParams {
             n: u32s(n, "row length")?,
             _pad: [0; 3],
         });
@@ -360,19 +457,12 @@ impl<'c> GpuOps<'c> {
         }
         let n_tok = x.len() / per_tok;
         let pipeline = self.ctx.pipeline("rope", shaders::ROPE, "rope")?;
-        let xb = self.storage("x", bytemuck::cast_slice(x), true)?;
-        let params = self.uniform(&RopeUniform {
+        let xb = self.ctx.storage("x", bytemuck::cast_slice(x))?;
+        let params = self.ctx.uniform(&RopeUniform::new(n_head, head_dim, rope)?);
+        let step = self.ctx.uniform(&StepUniform {
             n_tok: u32s(n_tok, "tokens")?,
-            n_head: u32s(n_head, "heads")?,
-            head_dim: u32s(head_dim, "head size")?,
-            n_rot: u32s(rope.n_rot, "rotated dims")?,
             pos0: u32s(pos0, "position")?,
-            mode: match rope.kind {
-                RopeKind::Norm => 0,
-                RopeKind::Neox => 2,
-            },
-            freq_base: rope.freq_base,
-            freq_scale: rope.freq_scale,
+            _pad: [0; 2],
         });
         let n_inv = u32s(n_tok * n_head * rope.n_rot / 2, "rotations")?;
         let groups = n_inv.div_ceil(64);
@@ -381,7 +471,11 @@ impl<'c> GpuOps<'c> {
                 "GPU rope: {n_tok} tokens in one call"
             )));
         }
-        self.dispatch(&pipeline, &[(0, &xb), (1, &params)], (groups.max(1), 1, 1))?;
+        self.dispatch(
+            &pipeline,
+            &[(0, &xb), (1, &params), (2, &step)],
+            (groups.max(1), 1, 1),
+        )?;
         x.copy_from_slice(&self.read(&xb, x.len())?);
         Ok(())
     }

@@ -41,6 +41,15 @@ pub const LAYOUTS: &[Layout] = &[
             )
         },
     },
+    // Widened to f32 at upload (twice the memory; the F32 shader reads it).
+    Layout {
+        ty: GgmlType::F16,
+        block: 32,
+        block_bytes: 64,
+        n_f: 32,
+        n_words: 0,
+        split: |b, f, _| f.extend(b.chunks_exact(2).map(|c| h(c, 0))),
+    },
     Layout {
         ty: GgmlType::Q8_0,
         block: 32,

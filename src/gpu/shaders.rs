@@ -16,10 +16,15 @@ pub const REDUCE: &str = include_str!("../../shaders/reduce.wgsl");
 const NORM: &str = include_str!("../../shaders/norm.wgsl");
 const SOFTMAX: &str = include_str!("../../shaders/softmax.wgsl");
 pub const ROPE: &str = include_str!("../../shaders/rope.wgsl");
+pub const ELEMENTWISE: &str = include_str!("../../shaders/elementwise.wgsl");
+pub const QUANTIZE: &str = include_str!("../../shaders/quantize.wgsl");
+pub const MOE: &str = include_str!("../../shaders/moe.wgsl");
+const ATTENTION: &str = include_str!("../../shaders/attention.wgsl");
 
 /// Weight types with a GPU matrix product, and their type snippet.
 pub const MATVEC_TYPES: &[(GgmlType, &str)] = &[
     (GgmlType::F32, MATVEC_F32),
+    (GgmlType::F16, MATVEC_F32),
     (GgmlType::Q8_0, MATVEC_Q8_0),
     (GgmlType::Q4_0, MATVEC_Q4_0),
     (GgmlType::Q4_1, MATVEC_Q4_1),
@@ -46,6 +51,11 @@ pub fn softmax_source() -> String {
     format!("{REDUCE}\n{SOFTMAX}")
 }
 
+/// Attention and the KV cache store: `attention.wgsl` after the shared reductions.
+pub fn attention_source() -> String {
+    format!("{REDUCE}\n{ATTENTION}")
+}
+
 /// Every complete module with its entry point, for validation.
 pub fn all_modules() -> Vec<(String, String, &'static str)> {
     let mut v: Vec<(String, String, &'static str)> = MATVEC_TYPES
@@ -61,5 +71,9 @@ pub fn all_modules() -> Vec<(String, String, &'static str)> {
     v.push(("norm".into(), norm_source(), "rms_norm"));
     v.push(("softmax".into(), softmax_source(), "softmax"));
     v.push(("rope".into(), ROPE.into(), "rope"));
+    v.push(("attention".into(), attention_source(), "attention"));
+    v.push(("elementwise".into(), ELEMENTWISE.into(), "glu"));
+    v.push(("moe".into(), MOE.into(), "route"));
+    v.push(("quantize".into(), QUANTIZE.into(), "q8_k"));
     v
 }

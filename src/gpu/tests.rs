@@ -16,9 +16,9 @@ use std::sync::OnceLock;
 
 /// Normalized MSE under which a GPU result matches the CPU's: f32 arithmetic in another order
 /// (and the GPU's own exp/cos/sin) gives about 1e-12..1e-9; a wrong index gives order 1.
-const NMSE: f64 = 1e-8;
+pub(super) const NMSE: f64 = 1e-8;
 
-fn nmse(gpu: &[f32], cpu: &[f32]) -> f64 {
+pub(super) fn nmse(gpu: &[f32], cpu: &[f32]) -> f64 {
     assert_eq!(gpu.len(), cpu.len());
     let num: f64 = gpu
         .iter()
@@ -35,7 +35,7 @@ fn nmse(gpu: &[f32], cpu: &[f32]) -> f64 {
 
 use crate::rng::Rng;
 
-fn view<'a>(
+pub(super) fn view<'a>(
     name: &'a str,
     ty: GgmlType,
     n_rows: usize,
@@ -54,7 +54,7 @@ fn view<'a>(
 
 /// Random weights of type `ty`: quantized from random values where dsrun has the quantizer,
 /// else random blocks with their scales set to moderate values.
-fn random_weights(rng: &mut Rng, ty: GgmlType, n_rows: usize, n_cols: usize) -> Vec<u8> {
+pub(super) fn random_weights(rng: &mut Rng, ty: GgmlType, n_rows: usize, n_cols: usize) -> Vec<u8> {
     let row_bytes = ty.row_bytes(n_cols as u64).unwrap() as usize;
     let mut bytes = vec![0u8; row_bytes * n_rows];
     if quantize(ty, &rng.vec(n_rows * n_cols, 1.0), &mut bytes).is_ok() {
@@ -79,7 +79,7 @@ fn random_weights(rng: &mut Rng, ty: GgmlType, n_rows: usize, n_cols: usize) -> 
 }
 
 /// The shared context, or `None` (with a note) when there is no adapter and none is required.
-fn ctx() -> Option<&'static GpuContext> {
+pub(super) fn ctx() -> Option<&'static GpuContext> {
     static CTX: OnceLock<Option<GpuContext>> = OnceLock::new();
     let c = CTX.get_or_init(|| GpuContext::new().expect("the adapter opens a device"));
     if c.is_none() {
