@@ -188,13 +188,13 @@ fn experts_one_by_one(
         let mut g = vec![0.0f32; m * n_ff];
         let mut u = vec![0.0f32; m * n_ff];
         let ne = routed.len();
-        observe_expert(&ex.gate, x, ne, &hx, m);
-        observe_expert(&ex.up, x, ne, &hx, m);
+        observe_expert(ex.gate, x, ne, &hx, m);
+        observe_expert(ex.up, x, ne, &hx, m);
         crate::kernels::linear(&ex.gate.rows(x * n_ff, n_ff), &hx, m, &mut g);
         crate::kernels::linear(&ex.up.rows(x * n_ff, n_ff), &hx, m, &mut u);
         ex.glu(x, &mut g, &mut u);
         let mut d = vec![0.0f32; m * e];
-        observe_expert(&ex.down, x, ne, &g, m);
+        observe_expert(ex.down, x, ne, &g, m);
         crate::kernels::linear(&ex.down.rows(x * e, e), &g, m, &mut d);
         ex.add_down_bias(x, &mut d, e);
         for (i, &(t, wt)) in toks.iter().enumerate() {
