@@ -402,9 +402,10 @@ mod tests {
                 biases: oai.then_some(&biases),
                 act: (!oai).then_some(silu as fn(f32) -> f32),
             };
-            // Kept across calls: results must not depend on what the buffers held.
+            // Kept across calls: results must not depend on what the buffers held. With 64
+            // tokens an expert gets 16 or more, and its products go through the GEMM.
             let mut buffers = MoeBuffers::default();
-            for n in [13, 1, 13] {
+            for n in [13, 1, 64, 13] {
                 let h = rng.vec(n * e, 1.0);
                 // Two experts per token, expert 3 never.
                 let mut routed: Vec<Vec<(usize, f32)>> = vec![Vec::new(); ne];

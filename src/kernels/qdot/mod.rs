@@ -279,6 +279,34 @@ impl QuantizedActs {
         }
     }
 
+    /// The rows `tokens`, in that order, as activations of their own (each row is quantized on
+    /// its own, so this equals quantizing the gathered f32 rows).
+    pub(crate) fn select(&self, tokens: impl Iterator<Item = usize> + Clone) -> QuantizedActs {
+        fn gather<T: Copy>(v: &[T], n_tok: usize, tokens: impl Iterator<Item = usize>) -> Vec<T> {
+            if v.is_empty() {
+                return Vec::new();
+            }
+            let per = v.len() / n_tok;
+            let mut out = Vec::new();
+            for t in tokens {
+                out.extend_from_slice(&v[t * per..(t + 1) * per]);
+            }
+            out
+        }
+        let n = self.n_tok;
+        QuantizedActs {
+            kind: self.kind,
+            n_tok: tokens.clone().count(),
+            k: self.k,
+            qs: gather(&self.qs, n, tokens.clone()),
+            d: gather(&self.d, n, tokens.clone()),
+            sums: gather(&self.sums, n, tokens.clone()),
+            bsums: gather(&self.bsums, n, tokens.clone()),
+            s: gather(&self.s, n, tokens.clone()),
+            f: gather(&self.f, n, tokens),
+        }
+    }
+
     /// Row `t` as ggml's own blocks (`block_q8_0`, `block_q8_1`, `block_q8_K`, or f32), for
     /// comparing with ggml's quantizers byte for byte.
     pub fn to_ggml_row(&self, t: usize) -> Vec<u8> {

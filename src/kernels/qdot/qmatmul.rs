@@ -98,13 +98,25 @@ struct Prepared<'a> {
 pub fn qmatmul_batch_at(level: SimdLevel, products: &mut [Product<'_>]) {
     let mut prepared: Vec<Prepared<'_>> = Vec::with_capacity(products.len());
     for p in products.iter_mut() {
-        // A prompt-sized product over every token goes through the GEMM on its own (it splits
-        // its panels over the pool itself); the rest share one job below.
-        if matches!(p.tokens, Tokens::All) && p.acts.n_tok() >= gemm::MIN_TOK {
+        // A prompt-sized product goes through the GEMM on its own (it splits its panels over
+        // the pool itself; a subset of the tokens, such as an expert's, is copied out first);
+        // the rest share one job below.
+        let n_sel = match p.tokens {
+            Tokens::All => p.acts.n_tok(),
+            Tokens::Range(a, b) => b.saturating_sub(a),
+            Tokens::List(l) => l.len(),
+        };
+        if n_sel >= gemm::MIN_TOK {
             if let Some(f) = gemm::format(level, p.w.ty) {
                 // Checks the shapes, and that the CPU has `level` (`Kernel::new`).
                 drop(prepare(level, p));
-                gemm::gemm(f, &p.w, p.acts, p.out);
+                match p.tokens {
+                    Tokens::All => gemm::gemm(f, &p.w, p.acts, p.out),
+                    Tokens::Range(a, b) => gemm::gemm(f, &p.w, &p.acts.select(a..b), p.out),
+                    Tokens::List(l) => {
+                        gemm::gemm(f, &p.w, &p.acts.select(l.iter().copied()), p.out)
+                    }
+                }
                 continue;
             }
         }
@@ -251,7 +263,9 @@ mod tests {
                     row_bytes,
                     data: &wb,
                 };
-                let list = [20, 3, 3, 0, 7, 11, 12, 13, 14, 15, 16, 2];
+                let list = [
+                    20, 3, 3, 0, 7, 11, 12, 13, 14, 15, 16, 2, 1, 5, 9, 19, 18, 4,
+                ];
                 let sel: [Vec<usize>; 4] = [
                     (0..n_tok).collect(),
                     (4..9).collect(),
@@ -295,13 +309,11 @@ mod tests {
                         },
                     ];
                     rp.install(|| qmatmul_batch(&mut products));
-                    for (j, (s, out)) in sel.iter().zip(&outs).enumerate() {
-                        // The product over all tokens may go through the GEMM, whose results
-                        // are the plain kernels'.
+                    for (s, out) in sel.iter().zip(&outs) {
+                        // A product of 16 tokens or more may go through the GEMM, whose
+                        // results are the plain kernels'.
                         let level = match selected_level() {
-                            l if j == 0 && super::super::uses_gemm(l, ty, n_tok) => {
-                                SimdLevel::Plain
-                            }
+                            l if super::super::uses_gemm(l, ty, s.len()) => SimdLevel::Plain,
                             l => l,
                         };
                         for (i, &t) in s.iter().enumerate() {
