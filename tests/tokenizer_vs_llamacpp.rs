@@ -482,9 +482,12 @@ fn wikitext_whole_file_real_models() {
             t_ours.as_secs_f64() * 1e3,
             t_theirs.as_secs_f64() * 1e3
         );
-        // Building the tokenizer stays well under the time a user notices at start-up.
+        // Building the tokenizer stays well under the time a user notices at start-up. A guard
+        // against a slow (e.g. quadratic) build, not a speed claim: gemma's 262,144 tokens take
+        // about 0.17 s on a quiet 2-core machine and 1.7 s were seen at load average 18, so the
+        // bound leaves room for a busy CI machine.
         assert!(
-            t_build.as_secs_f64() < 1.5,
+            t_build.as_secs_f64() < 5.0,
             "{m}: building the tokenizer took {t_build:?}"
         );
         if let Some(d) = first_diff(&got, &want) {
