@@ -65,25 +65,7 @@ impl GpuModel {
     /// and activations are left out (small at the lengths the roofline is quoted for).
     pub fn decode_bytes(&self, hp: &HParams) -> u64 {
         let share = |b: u64| b * hp.n_expert_used as u64 / hp.n_expert.max(1) as u64;
-        let mut bytes = self.w.output.bytes();
-        for l in &self.w.layers {
-            bytes += [&l.wq, &l.wk, &l.wv, &l.wo]
-                .iter()
-                .map(|m| m.bytes())
-                .sum::<u64>();
-            bytes += match &l.ffn {
-                GpuFfn::Dense { gate, up, down } => gate.bytes() + up.bytes() + down.bytes(),
-                GpuFfn::Moe {
-                    router, experts, ..
-                } => {
-                    router.bytes()
-                        + experts
-                            .as_ref()
-                            .map_or(0, |e| e.iter().map(|m| share(m.bytes())).sum())
-                }
-            };
-        }
-        bytes
+        self.w.bytes(share)
     }
 
     /// One line for stderr: the adapter, what runs where, the bytes uploaded.
@@ -105,7 +87,7 @@ impl GpuModel {
             i.backend,
             i.device_type,
             self.w.layers.len(),
-            self.w.bytes as f64 / (1 << 20) as f64
+            self.w.bytes(|b| b) as f64 / (1 << 20) as f64
         )
     }
 }

@@ -67,8 +67,6 @@ pub struct GpuWeights {
     pub first_layer: usize,
     pub output_norm: wgpu::Buffer,
     pub output: GpuMatrix,
-    /// Bytes uploaded.
-    pub bytes: u64,
 }
 
 fn unsupported(what: &str, arch: &str) -> Error {
@@ -207,8 +205,19 @@ impl GpuWeights {
             });
         }
         let output = matrix(&ops, &w.output)?;
-        let mut bytes = output.bytes();
-        for l in &layers {
+        Ok(GpuWeights {
+            layers,
+            first_layer,
+            output_norm: f32_buf(ctx, "output_norm", &w.output_norm)?,
+            output,
+        })
+    }
+
+    /// Bytes of the weights on the device, each expert tensor counted as `expert_share(its
+    /// bytes)` (all of it for the upload, the used share for a decoded token's reads).
+    pub fn bytes(&self, expert_share: impl Fn(u64) -> u64) -> u64 {
+        let mut bytes = self.output.bytes();
+        for l in &self.layers {
             bytes += [&l.wq, &l.wk, &l.wv, &l.wo]
                 .iter()
                 .map(|m| m.bytes())
@@ -221,16 +230,10 @@ impl GpuWeights {
                     router.bytes()
                         + experts
                             .as_ref()
-                            .map_or(0, |e| e.iter().map(|m| m.bytes()).sum())
+                            .map_or(0, |e| e.iter().map(|m| expert_share(m.bytes())).sum())
                 }
             };
         }
-        Ok(GpuWeights {
-            layers,
-            first_layer,
-            output_norm: f32_buf(ctx, "output_norm", &w.output_norm)?,
-            output,
-            bytes,
-        })
+        bytes
     }
 }

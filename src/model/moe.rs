@@ -25,7 +25,7 @@ use super::hparams::HParams;
 use super::moe_select::{select, MoeBuffers, MoeState};
 use super::routing::{route, route_with, sigmoid, RouteParams};
 use super::weights::{ExpertBiases, Ffn, SharedExpert};
-use crate::kernels::activation::{glu, swiglu_oai};
+use crate::kernels::activation::{glu, silu, swiglu_oai};
 use crate::kernels::matmul::dot;
 use crate::kernels::qdot::{act_kind, qmatmul_batch, quantize_acts, Product, Tokens};
 use crate::kernels::softmax::softmax;
@@ -122,15 +122,53 @@ pub fn moe_ffn(
         biases: biases.as_deref(),
         act: (!hp.arch.oai).then(|| act_fn(hp.arch.ffn_act)),
     };
-    // `dsrun imatrix` watches each expert's input: the reference path gathers it anyway.
-    if crate::kernels::reference_matmul() || activations::observing() {
-        experts_one_by_one(&experts, h, e, &routed, &mut out);
-    } else {
-        experts_batched(&experts, h, n, e, &routed, &mut moe.buffers, &mut out);
-    }
+    run_experts(&experts, h, n, e, &routed, &mut moe.buffers, &mut out);
     if let Some(sh) = shared {
         shared_expert(hp, sh, h, n, &mut out);
     }
+    out
+}
+
+/// Adds each routed expert's weighted output to `out` (n, n_embd): the batched path, or the
+/// reference under `DSRUN_REFERENCE=1` and while `dsrun imatrix` watches each expert's input
+/// (the reference path gathers it anyway).
+fn run_experts(
+    ex: &Experts,
+    h: &[f32],
+    n: usize,
+    e: usize,
+    routed: &[Vec<(usize, f32)>],
+    buffers: &mut MoeBuffers,
+    out: &mut [f32],
+) {
+    if crate::kernels::reference_matmul() || activations::observing() {
+        experts_one_by_one(ex, h, e, routed, out);
+    } else {
+        experts_batched(ex, h, n, e, routed, buffers, out);
+    }
+}
+
+/// The routed experts of stacked SwiGLU tensors without biases, for a caller that routed the
+/// tokens itself (the GPU with `--n-cpu-moe`): `routed[x]` lists expert x's (token, weight);
+/// returns (n, n_embd), as a layer's routed experts compute it.
+pub(crate) fn swiglu_experts(
+    (gate, up, down): (&TensorView, &TensorView, &TensorView),
+    n_ff: usize,
+    h: &[f32],
+    e: usize,
+    routed: &[Vec<(usize, f32)>],
+) -> Vec<f32> {
+    let n = h.len() / e;
+    let ex = Experts {
+        gate,
+        up,
+        down,
+        n_ff,
+        biases: None,
+        act: Some(silu),
+    };
+    let mut out = vec![0.0f32; n * e];
+    run_experts(&ex, h, n, e, routed, &mut MoeBuffers::default(), &mut out);
     out
 }
 
@@ -340,7 +378,6 @@ fn shared_expert(hp: &HParams, sh: &SharedExpert, h: &[f32], n: usize, out: &mut
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::activation::silu;
     use crate::rng::Rng;
     use crate::tensor::GgmlType;
 
