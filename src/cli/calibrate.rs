@@ -95,22 +95,7 @@ pub fn run(args: CalibrateArgs) -> Result<(), CliError> {
     }
     let lo = moe.moe_min_experts.unwrap_or(1);
     let hi = moe.moe_max_experts.unwrap_or(hp.n_expert_used);
-    let text =
-        std::fs::read(&args.file).map_err(|e| Error::io(args.file.display().to_string(), e))?;
-    let text = String::from_utf8_lossy(&text);
-    let n_ctx = args.model.n_ctx(512, hp.n_ctx_train);
-    let tok = &model.tokenizer;
-    let tokens = tok.encode(&text, true, false)?;
-    if n_ctx < 8 || tokens.len() < n_ctx {
-        return Err(Error::Invalid(format!(
-            "{}: {} tokens; calibration with -c {n_ctx} needs at least {n_ctx} (and -c at least 8)",
-            args.file.display(),
-            tokens.len()
-        ))
-        .into());
-    }
-    let bos = if tok.add_bos() { tok.bos() } else { None };
-    let chunks = chunks(&tokens, n_ctx, Some(args.chunks), bos);
+    let chunks = calibration_chunks(&args, &model)?;
     let opts = CalibrateOptions {
         kld_budget: args.kld_budget,
         min_experts: lo,
@@ -182,6 +167,27 @@ pub fn run(args: CalibrateArgs) -> Result<(), CliError> {
 
 /// `dsrun calibrate --kv-summary M`: k-means centroids of each layer's and KV head's pre-RoPE
 /// keys over the text, written under `dsrun.kv_summary.*` keys.
+/// The calibration text (`-f`) as chunks of `-c` tokens (default 512), at most `--chunks`, each
+/// starting with BOS where the model adds one.
+fn calibration_chunks(args: &CalibrateArgs, model: &Model) -> Result<Vec<Vec<u32>>, CliError> {
+    let text =
+        std::fs::read(&args.file).map_err(|e| Error::io(args.file.display().to_string(), e))?;
+    let text = String::from_utf8_lossy(&text);
+    let n_ctx = args.model.n_ctx(512, model.hp.n_ctx_train);
+    let tok = &model.tokenizer;
+    let tokens = tok.encode(&text, true, false)?;
+    if n_ctx < 8 || tokens.len() < n_ctx {
+        return Err(Error::Invalid(format!(
+            "{}: {} tokens; calibration with -c {n_ctx} needs at least {n_ctx} (and -c at least 8)",
+            args.file.display(),
+            tokens.len()
+        ))
+        .into());
+    }
+    let bos = if tok.add_bos() { tok.bos() } else { None };
+    Ok(chunks(&tokens, n_ctx, Some(args.chunks), bos))
+}
+
 fn run_kv_summary(args: &CalibrateArgs, n_slot: usize) -> Result<(), CliError> {
     if args.chunks == 0 || n_slot == 0 {
         return Err(Error::Invalid("--chunks and --kv-summary must be at least 1".into()).into());
@@ -199,22 +205,7 @@ fn run_kv_summary(args: &CalibrateArgs, n_slot: usize) -> Result<(), CliError> {
         }
     }
     let model = Model::load(&file)?;
-    let text =
-        std::fs::read(&args.file).map_err(|e| Error::io(args.file.display().to_string(), e))?;
-    let text = String::from_utf8_lossy(&text);
-    let n_ctx = args.model.n_ctx(512, model.hp.n_ctx_train);
-    let tok = &model.tokenizer;
-    let tokens = tok.encode(&text, true, false)?;
-    if n_ctx < 8 || tokens.len() < n_ctx {
-        return Err(Error::Invalid(format!(
-            "{}: {} tokens; calibration with -c {n_ctx} needs at least {n_ctx} (and -c at least 8)",
-            args.file.display(),
-            tokens.len()
-        ))
-        .into());
-    }
-    let bos = if tok.add_bos() { tok.bos() } else { None };
-    let chunks = chunks(&tokens, n_ctx, Some(args.chunks), bos);
+    let chunks = calibration_chunks(args, &model)?;
     let t0 = Instant::now();
     let skip = args.model.kv.kv_sinks;
     let summary = dsrun::calibrate::calibrate_kv_summary(
