@@ -19,7 +19,7 @@ use dsrun::sampling::argmax;
 use dsrun::synth::{self, presets};
 use dsrun::tensor::GgmlType;
 use dsrun_quantize::llama::{LlamaContext, LlamaModel};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 const TOL: f64 = 1e-3;
 const N_POS: usize = 64;
@@ -36,21 +36,9 @@ fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
     (num / den).sqrt()
 }
 
-/// A file in the temporary directory, removed when dropped.
-struct TempFile(PathBuf);
-
-impl TempFile {
-    fn new(tag: &str) -> TempFile {
-        TempFile(
-            std::env::temp_dir().join(format!("dsrun-synth-{tag}-{}.gguf", std::process::id())),
-        )
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
+/// A random-weight GGUF's path in the temporary directory, removed when dropped.
+fn temp_gguf(tag: &str) -> common::TempFile {
+    common::TempFile::new(&format!("synth-{tag}.gguf"))
 }
 
 fn vocab() -> GgufFile {
@@ -138,7 +126,7 @@ fn each_moe_architecture_matches_llamacpp() {
     let mut failed = Vec::new();
     for &arch in presets::TINY_ARCHS {
         let spec = presets::tiny(arch).unwrap();
-        let tmp = TempFile::new(arch);
+        let tmp = temp_gguf(arch);
         synth::write(&spec, &vocab, &tmp.0, &synth::encode_dsrun).unwrap();
         match compare(&tmp.0, TOL) {
             Ok(worst) => {
@@ -170,7 +158,7 @@ fn gpt_oss_with_mxfp4_experts_matches_llamacpp() {
             synth::encode_dsrun(ty, v, row)
         }
     };
-    let tmp = TempFile::new("gpt-oss-mxfp4");
+    let tmp = temp_gguf("gpt-oss-mxfp4");
     synth::write(&spec, &vocab, &tmp.0, &encode).unwrap();
     let worst = compare(&tmp.0, TOL).unwrap();
     eprintln!("gpt-oss, MXFP4 experts: worst relative L2 {worst:.2e}, top-1 equal");
@@ -199,7 +187,7 @@ fn each_moe_architecture_in_q8_0_matches_llamacpp() {
             weight_type: GgmlType::Q8_0,
             ..presets::tiny(arch).unwrap()
         };
-        let tmp = TempFile::new(&format!("{arch}-q8"));
+        let tmp = temp_gguf(&format!("{arch}-q8"));
         synth::write(&spec, &vocab, &tmp.0, &synth::encode_dsrun).unwrap();
         let c = compare_positions(&tmp.0, 0.15, 0.25);
         eprintln!(
@@ -219,7 +207,7 @@ fn each_moe_architecture_in_q8_0_matches_llamacpp() {
 fn synthetic_logits_are_peaked() {
     let vocab = vocab();
     let spec = presets::tiny("qwen2moe").unwrap();
-    let tmp = TempFile::new("peak");
+    let tmp = temp_gguf("peak");
     synth::write(&spec, &vocab, &tmp.0, &synth::encode_dsrun).unwrap();
     let file = GgufFile::open(&tmp.0).unwrap();
     let model = Model::load(&file).unwrap();
@@ -259,7 +247,7 @@ fn load_error_of(
     for t in &list {
         w.add_tensor(&t.name, GgmlType::F32, &t.dims);
     }
-    let tmp = TempFile::new(tag);
+    let tmp = temp_gguf(tag);
     w.write_file(&tmp.0, |i| {
         let n: u64 = list[i].dims.iter().product();
         Ok(vec![0u8; n as usize * 4])

@@ -263,7 +263,8 @@ fn gemma3_in_f32_agrees_to_rounding() {
     for t in &src.tensors {
         w.add_tensor(&t.name, GgmlType::F32, &t.dims);
     }
-    let path = std::env::temp_dir().join(format!("dsrun-gemma3-f32-{}.gguf", std::process::id()));
+    let tmp = common::TempFile::new("gemma3-f32.gguf");
+    let path = tmp.0.clone();
     w.write_file(&path, |i| {
         let t = &src.tensors[i];
         let mut out = vec![0f32; t.n_elements() as usize];
@@ -308,7 +309,6 @@ fn gemma3_in_f32_agrees_to_rounding() {
         }
         eprintln!("gemma3 in F32: worst relative L2 {worst:.6}");
     }
-    std::fs::remove_file(&path).unwrap();
 }
 
 /// The tiny Qwen3-MoE in each of its files, 64 positions of held-out text in one batch: the

@@ -40,9 +40,33 @@ pub fn dsrun(args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
-/// `name` in a scratch folder of this test process (`tag` tells the test files apart).
+/// `name` in this test binary's scratch folder for `tag`: `target/tmp/dsrun-{tag}`, emptied
+/// the first time a process asks for it, so runs do not pile files up (and `cargo clean`
+/// removes them).
 pub fn scratch(tag: &str, name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("dsrun-{tag}-{}", std::process::id()));
+    static CLEARED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("dsrun-{tag}"));
+    let mut cleared = CLEARED.lock().unwrap_or_else(|e| e.into_inner());
+    if !cleared.iter().any(|t| t == tag) {
+        let _ = std::fs::remove_dir_all(&dir);
+        cleared.push(tag.to_string());
+    }
     std::fs::create_dir_all(&dir).unwrap();
     dir.join(name)
+}
+
+/// A file in the temporary directory, removed when dropped, so a failing test leaves nothing
+/// behind (`name` tells the files of one test process apart).
+pub struct TempFile(pub PathBuf);
+
+impl TempFile {
+    pub fn new(name: &str) -> TempFile {
+        TempFile(std::env::temp_dir().join(format!("dsrun-{}-{name}", std::process::id())))
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
