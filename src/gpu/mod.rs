@@ -9,7 +9,7 @@
 //! Each op has the CPU kernel of [`crate::kernels`] as its reference twin; `src/gpu/tests.rs`
 //! holds them together on random shapes by normalized mean squared error.
 //!
-//! The forward pass on the device ([`forward`]) keeps weights ([`weights`]), activations and the
+//! The forward pass on the device ([`forward`], recorded by [`plan`]) keeps weights ([`weights`]), activations and the
 //! KV cache in GPU buffers and records one command buffer per batch; [`cpu_moe`] runs the
 //! experts of the layers that `--n-cpu-moe` keeps in RAM.
 //!
@@ -20,6 +20,7 @@
 mod cpu_moe;
 pub mod forward;
 mod ops;
+mod plan;
 pub mod repack;
 pub mod shaders;
 #[cfg(test)]

@@ -4,8 +4,8 @@
 //! matrices split over several bindings. Same rules as `tests.rs` (no adapter: skip, unless
 //! `DSRUN_REQUIRE_GPU=1`).
 
-use super::forward::{AttnParams, EwParams, RouteParams};
 use super::ops::{NormParams, StepUniform};
+use super::plan::{AttnParams, EwParams, RouteParams};
 use super::tests::{ctx, nmse, random_weights, view, NMSE};
 use super::*;
 use crate::kernels::attention::{attention, AttnInput};
