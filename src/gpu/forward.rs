@@ -20,6 +20,8 @@ use super::plan::{Acts, Builder, Dispatch, Groups, Segment};
 use super::weights::{GpuFfn, GpuWeights};
 use super::GpuContext;
 use crate::error::{Error, Result};
+use crate::model::forward as model_forward;
+use crate::model::kv_cache::KvCache;
 use crate::model::moe_select::MoeState;
 use crate::model::{HParams, Weights};
 
@@ -40,15 +42,6 @@ impl GpuModel {
         opts: GpuOptions,
     ) -> Result<GpuModel> {
         let gw = GpuWeights::upload(&ctx, hp, w, &opts)?;
-        if gw.first_layer > 0 {
-            return Err(Error::Invalid(format!(
-                "-ngl {} of {} layers: only all layers on the GPU are implemented yet \
-                 (use -ngl {} or --device cpu)",
-                hp.n_layer - gw.first_layer,
-                hp.n_layer,
-                hp.n_layer
-            )));
-        }
         Ok(GpuModel { ctx, w: gw, opts })
     }
 
@@ -69,16 +62,29 @@ impl GpuModel {
             .iter()
             .filter(|l| matches!(&l.ffn, GpuFfn::Moe { experts: None, .. }))
             .count();
-        let moe = match n_cpu_moe {
+        let cached = self.w.layers.iter().find_map(|l| match &l.ffn {
+            GpuFfn::Moe { cache: Some(c), .. } => Some(c.n_slot),
+            _ => None,
+        });
+        let moe = match (n_cpu_moe, cached) {
+            (0, _) => String::new(),
+            (n, None) => format!(", experts of {n} layers on the CPU"),
+            (n, Some(c)) => {
+                format!(", experts of {n} layers on the CPU ({c} of each cached in VRAM)")
+            }
+        };
+        let cpu = match self.w.first_layer {
             0 => String::new(),
-            n => format!(", experts of {n} layers on the CPU"),
+            n => format!(" (the first {n} on the CPU)"),
         };
         format!(
-            "GPU: {} ({}, {}), {} layers on the GPU{moe}, {:.1} MiB of weights",
+            "GPU: {} ({}, {}), {} of {} layers and the output on the GPU{cpu}{moe}, \
+             {:.1} MiB of weights",
             i.name,
             i.backend,
             i.device_type,
             self.w.layers.len(),
+            self.w.first_layer + self.w.layers.len(),
             self.w.bytes(|b| b) as f64 / (1 << 20) as f64
         )
     }
@@ -141,6 +147,8 @@ impl GpuSession {
             rl: z("router logits", b * hp.n_expert.max(1) as u64)?,
             ids: z("expert ids", b * k)?,
             wts: z("expert weights", b * k)?,
+            cids: z("expert cache slots", b * k)?,
+            cwts: z("expert cache weights", b * k)?,
             cpu_out: z("cpu experts", b * e)?,
             xo: z("output rows", r * e)?,
             logits: z("logits", r * n_vocab as u64)?,
@@ -236,18 +244,20 @@ impl GpuSession {
         }
     }
 
-    /// Runs `tokens` at positions `pos0..` and returns the logits of the last token, or of every
+    /// Runs `tokens` at positions `kv.n_past..` (the layers before the GPU's first on the CPU, their
+    /// K/V into `kv`, whose `n_past` the caller advances) and returns the logits of the last token, or of every
     /// token with `all_logits` (at most `max_out_rows`).
     pub fn forward(
         &mut self,
         hp: &HParams,
         w: &Weights,
+        kv: &mut KvCache,
         tokens: &[u32],
-        pos0: usize,
         all_logits: bool,
         moe: &mut MoeState,
     ) -> Result<Vec<f32>> {
         let n = tokens.len();
+        let pos0 = kv.n_past;
         if n == 0 || n > self.n_batch || pos0 + n > self.n_ctx {
             return Err(Error::Invalid(format!(
                 "GPU: {n} tokens at position {pos0} (batch {}, context {})",
@@ -261,18 +271,10 @@ impl GpuSession {
             )));
         }
         let ctx = self.model.ctx.clone();
-        let e = hp.n_embd;
-        let mut x = vec![0.0f32; n * e];
-        for (t, &tok) in tokens.iter().enumerate() {
-            w.token_embd
-                .dequantize_row(tok as usize, &mut x[t * e..(t + 1) * e]);
-        }
-        let mut s = hp.scales.embedding;
-        if hp.arch.embd_scale {
-            s *= (e as f32).sqrt();
-        }
-        if s != 1.0 {
-            x.iter_mut().for_each(|v| *v *= s);
+        // The hidden state crosses to the GPU once, after the CPU's layers.
+        let mut x = model_forward::embed(hp, w, tokens);
+        for il in 0..self.model.w.first_layer {
+            model_forward::layer(hp, w, kv, il, &mut x, pos0, moe);
         }
         let n_tok = u32s(n, "tokens")?;
         ctx.queue
@@ -287,7 +289,7 @@ impl GpuSession {
             }),
         );
         let scope = ctx.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let result = self.run(hp, w, n, all_logits);
+        let result = self.run(hp, w, n, all_logits, moe);
         if let Some(err) = pollster::block_on(scope.pop()) {
             return Err(Error::Invalid(format!("GPU forward pass: {err}")));
         }
@@ -296,16 +298,26 @@ impl GpuSession {
             logits.iter_mut().for_each(|v| *v /= hp.scales.logit);
         }
         for l in &self.model.w.layers {
-            if matches!(l.ffn, GpuFfn::Moe { .. }) {
+            if let GpuFfn::Moe { cache, .. } = &l.ffn {
                 for _ in 0..n {
                     moe.stats.count(l.il, hp.n_expert_used);
+                }
+                if let Some(c) = cache {
+                    c.refresh(&ctx, &w.layers[l.il].ffn, n)?;
                 }
             }
         }
         Ok(logits)
     }
 
-    fn run(&self, hp: &HParams, w: &Weights, n: usize, all_logits: bool) -> Result<Vec<f32>> {
+    fn run(
+        &self,
+        hp: &HParams,
+        w: &Weights,
+        n: usize,
+        all_logits: bool,
+        moe: &mut MoeState,
+    ) -> Result<Vec<f32>> {
         let ctx = &self.model.ctx;
         let n_tok = n as u32;
         let e = hp.n_embd;
@@ -313,7 +325,7 @@ impl GpuSession {
         for seg in &self.segments {
             let mut enc = ctx.device.create_command_encoder(&Default::default());
             self.encode(&mut enc, &seg.work, n_tok);
-            let Some(il) = seg.then else {
+            let Some(cpu) = &seg.then else {
                 ctx.queue.submit([enc.finish()]);
                 continue;
             };
@@ -328,7 +340,22 @@ impl GpuSession {
             let h: Vec<f32> = bytemuck::pod_collect_to_vec(hbytes);
             let ids: Vec<u32> = bytemuck::pod_collect_to_vec(ibytes);
             let wts: Vec<f32> = bytemuck::pod_collect_to_vec(wbytes);
-            let out = cpu_moe::experts(&w.layers[il].ffn, e, &h, &ids, &wts)?;
+            let ffn = &w.layers[cpu.il].ffn;
+            let layer = &self.model.w.layers[cpu.il - self.model.w.first_layer];
+            let mut served = Vec::new();
+            if let GpuFfn::Moe { cache: Some(c), .. } = &layer.ffn {
+                // The cached experts run on the GPU while the CPU runs the others.
+                let (sids, swts, s) = c.split(&ids, &wts, &mut moe.stats)?;
+                served = s;
+                ctx.queue
+                    .write_buffer(&self.a.cids, 0, bytemuck::cast_slice(&sids));
+                ctx.queue
+                    .write_buffer(&self.a.cwts, 0, bytemuck::cast_slice(&swts));
+                let mut enc = ctx.device.create_command_encoder(&Default::default());
+                self.encode(&mut enc, &cpu.cached, n_tok);
+                ctx.queue.submit([enc.finish()]);
+            }
+            let out = cpu_moe::experts(ffn, e, &h, &ids, &wts, &served)?;
             ctx.queue
                 .write_buffer(&self.a.cpu_out, 0, bytemuck::cast_slice(&out));
         }

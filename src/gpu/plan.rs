@@ -98,11 +98,18 @@ pub(super) struct Dispatch {
     pub groups: Groups,
 }
 
-/// Dispatches up to a point where the CPU takes over (the experts of layer `then`), if any.
+/// Dispatches up to a point where the CPU takes over (the experts of a layer), if any.
 #[derive(Default)]
 pub(super) struct Segment {
     pub work: Vec<Dispatch>,
-    pub then: Option<usize>,
+    pub then: Option<CpuExperts>,
+}
+
+/// The CPU's turn: the experts of layer `il`, but those in the VRAM cache, which `cached` runs
+/// (from `cids`/`cwts`, written once the routing is back) while the CPU works.
+pub(super) struct CpuExperts {
+    pub il: usize,
+    pub cached: Vec<Dispatch>,
 }
 
 /// The activation buffers of one session; (rows, width) in comments, B the batch size.
@@ -119,6 +126,8 @@ pub(super) struct Acts {
     pub rl: wgpu::Buffer,      // (B, n_expert) router logits
     pub ids: wgpu::Buffer,     // (B * k) u32
     pub wts: wgpu::Buffer,     // (B * k)
+    pub cids: wgpu::Buffer,    // (B * k) u32, expert cache slots
+    pub cwts: wgpu::Buffer,    // (B * k), 0 where the expert is not cached
     pub cpu_out: wgpu::Buffer, // (B, n_embd) the CPU experts' sum
     pub xo: wgpu::Buffer,      // (R, n_embd) normed rows whose logits are wanted
     pub logits: wgpu::Buffer,  // (R, n_vocab)
@@ -235,20 +244,18 @@ impl Builder<'_> {
     }
 
     /// Expert products `y[z] = W_{ids[z]} · x[z / x_div]` over each token's `k` slots.
-    #[allow(clippy::too_many_arguments)]
     fn mm_ids(
         &self,
         out: &mut Vec<Dispatch>,
         m: &GpuMatrix,
         x: &wgpu::Buffer,
         y: &wgpu::Buffer,
-        rows: usize,
-        x_div: usize,
-        k: usize,
+        (rows, x_div, k): (usize, usize, usize),
+        ids: &wgpu::Buffer,
     ) -> Result<()> {
         let per_tok = m.n_cols * k / x_div;
         let xs = self.acts(out, m.ty, x, per_tok)?;
-        let d = m.dispatch_ids(self.ctx, xs, y, &self.a.ids, rows, x_div)?;
+        let d = m.dispatch_ids(self.ctx, xs, y, ids, rows, x_div)?;
         self.mv(out, vec![d], u32s(k, "experts per token")?, None);
         Ok(())
     }
@@ -286,6 +293,19 @@ impl Builder<'_> {
         width: usize,
         k: usize,
     ) -> Result<Dispatch> {
+        self.ew_wts(entry, a, b, width, k, &self.a.wts)
+    }
+
+    /// [`Self::ew`] with `moe_sum`'s weights from `wts`.
+    fn ew_wts(
+        &self,
+        entry: &str,
+        a: &wgpu::Buffer,
+        b: &wgpu::Buffer,
+        width: usize,
+        k: usize,
+        wts: &wgpu::Buffer,
+    ) -> Result<Dispatch> {
         let p = self.pipe(&format!("ew_{entry}"), shaders::ELEMENTWISE, entry)?;
         let params = self.ctx.uniform(&EwParams {
             width: u32s(width, "width")?,
@@ -294,9 +314,28 @@ impl Builder<'_> {
         });
         let mut bufs = vec![(0, a), (1, b), (2, &params), (3, &self.a.step)];
         if entry == "moe_sum" {
-            bufs.push((4, &self.a.wts));
+            bufs.push((4, wts));
         }
         Ok(self.d(p, &bufs, Groups::Elements(u32s(width, "width")?)))
+    }
+
+    /// The products of stacked experts `m` for each token's k (expert `ids`, weight `wts`) pairs,
+    /// their weighted sum added to the residual.
+    fn experts(
+        &self,
+        w: &mut Vec<Dispatch>,
+        [gate, up, down]: &[GpuMatrix; 3],
+        n_ff: usize,
+        ids: &wgpu::Buffer,
+        wts: &wgpu::Buffer,
+    ) -> Result<()> {
+        let (a, k, e) = (self.a, self.hp.n_expert_used, self.hp.n_embd);
+        self.mm_ids(w, gate, &a.h, &a.g, (n_ff, k, k), ids)?;
+        self.mm_ids(w, up, &a.h, &a.u, (n_ff, k, k), ids)?;
+        w.push(self.ew("glu", &a.g, &a.u, k * n_ff, 1)?);
+        self.mm_ids(w, down, &a.g, &a.dm, (e, 1, k), ids)?;
+        w.push(self.ew_wts("moe_sum", &a.x, &a.dm, e, k, wts)?);
+        Ok(())
     }
 
     /// Layer `l`'s dispatches, appended to `seg`; a new segment starts after a CPU-expert layer.
@@ -401,6 +440,7 @@ impl Builder<'_> {
             GpuFfn::Moe {
                 router,
                 experts,
+                cache,
                 n_ff,
             } => {
                 let k = hp.n_expert_used;
@@ -425,17 +465,16 @@ impl Builder<'_> {
                     Groups::Rows(1),
                 ));
                 match experts.as_deref() {
-                    Some([gate, up, down]) => {
-                        self.mm_ids(&mut w, gate, &a.h, &a.g, *n_ff, k, k)?;
-                        self.mm_ids(&mut w, up, &a.h, &a.u, *n_ff, k, k)?;
-                        w.push(self.ew("glu", &a.g, &a.u, k * n_ff, 1)?);
-                        self.mm_ids(&mut w, down, &a.g, &a.dm, hp.n_embd, 1, k)?;
-                        w.push(self.ew("moe_sum", &a.x, &a.dm, hp.n_embd, k)?);
-                    }
+                    Some(m) => self.experts(&mut w, m, *n_ff, &a.ids, &a.wts)?,
                     None => {
                         let seg = segs.last_mut().expect("one segment");
                         seg.work = w;
-                        seg.then = Some(l.il);
+                        let mut cached = Vec::new();
+                        if let Some(c) = cache {
+                            self.xq_holds.set(None);
+                            self.experts(&mut cached, &c.mats, *n_ff, &a.cids, &a.cwts)?;
+                        }
+                        seg.then = Some(CpuExperts { il: l.il, cached });
                         let add = self.ew("add", &a.x, &a.cpu_out, hp.n_embd, 1)?;
                         segs.push(Segment {
                             work: vec![add],

@@ -13,6 +13,7 @@ pub const MATVEC_MXFP4: &str = include_str!("../../shaders/matvec_mxfp4.wgsl");
 pub const MATVEC_Q4_K: &str = include_str!("../../shaders/matvec_q4_k.wgsl");
 pub const MATVEC_Q6_K: &str = include_str!("../../shaders/matvec_q6_k.wgsl");
 pub const REDUCE: &str = include_str!("../../shaders/reduce.wgsl");
+pub const REDUCE_SUBGROUP: &str = include_str!("../../shaders/reduce_subgroup.wgsl");
 const NORM: &str = include_str!("../../shaders/norm.wgsl");
 const SOFTMAX: &str = include_str!("../../shaders/softmax.wgsl");
 pub const ROPE: &str = include_str!("../../shaders/rope.wgsl");
@@ -35,10 +36,20 @@ pub const MATVEC_TYPES: &[(GgmlType, &str)] = &[
 
 /// The full source of the matrix product for `ty`, or `None` if the GPU has none yet.
 pub fn matvec_source(ty: GgmlType) -> Option<String> {
+    matvec_variant(ty, false).map(|(_, s)| s)
+}
+
+/// The matrix product for `ty` with its rows summed by subgroup operations (`subgroups`) or by
+/// workgroup memory alone: (pipeline key suffix, source).
+pub fn matvec_variant(ty: GgmlType, subgroups: bool) -> Option<(&'static str, String)> {
+    let (suffix, reduce) = match subgroups {
+        true => ("_sg", REDUCE_SUBGROUP),
+        false => ("", REDUCE),
+    };
     MATVEC_TYPES
         .iter()
         .find(|(t, _)| *t == ty)
-        .map(|(_, snippet)| format!("{snippet}\n{REDUCE}\n{MATVEC}"))
+        .map(|(_, snippet)| (suffix, format!("{snippet}\n{reduce}\n{MATVEC}")))
 }
 
 /// RMS norm: `norm.wgsl` after the shared reductions.
@@ -68,6 +79,10 @@ pub fn all_modules() -> Vec<(String, String, &'static str)> {
             )
         })
         .collect();
+    for (t, _) in MATVEC_TYPES {
+        let (_, source) = matvec_variant(*t, true).unwrap();
+        v.push((format!("matvec_{}_sg", t.name()), source, "main"));
+    }
     v.push(("norm".into(), norm_source(), "rms_norm"));
     v.push(("softmax".into(), softmax_source(), "softmax"));
     v.push(("rope".into(), ROPE.into(), "rope"));
