@@ -33,15 +33,23 @@ const PROMPT: &str = "The capital of France is";
 
 /// Greedy text of 32 tokens with `args` added, and optionally `DSRUN_REFERENCE=1`.
 fn greedy(model: &str, args: &[&str], reference: bool) -> String {
+    let env: &[(&str, &str)] = if reference {
+        &[("DSRUN_REFERENCE", "1")]
+    } else {
+        &[]
+    };
+    greedy_env(model, args, env)
+}
+
+/// [`greedy`] with environment variables set.
+fn greedy_env(model: &str, args: &[&str], env: &[(&str, &str)]) -> String {
     let m = common::model(model);
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_dsrun"));
     cmd.args(["run", "-m", m.to_str().unwrap()])
         .args(["--temp", "0", "-n", "32", "-c", "128", "-q"])
         .args(args)
         .arg(PROMPT);
-    if reference {
-        cmd.env("DSRUN_REFERENCE", "1");
-    }
+    cmd.envs(env.iter().copied());
     let out = cmd.output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "dsrun {args:?}: {err}");
@@ -88,6 +96,11 @@ fn tiny_moe_greedy_text_on_gpu_equals_cpu_with_and_without_cpu_experts() {
             false,
         );
         assert_eq!(text, cpu, "GPU with {args:?} vs CPU");
+    }
+    // The shader variants: attention's f16 Q·K (opt-in) and the reductions without subgroups.
+    for env in [("DSRUN_GPU_F16", "1"), ("DSRUN_GPU_SUBGROUPS", "0")] {
+        let text = greedy_env(common::TINY_Q8, &["--device", "gpu"], &[env]);
+        assert_eq!(text, cpu, "GPU with {env:?} vs CPU");
     }
 }
 

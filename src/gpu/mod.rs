@@ -14,7 +14,7 @@
 //! batch; `-ngl` below n_layer + 1 runs the first layers on the CPU; [`cpu_moe`] runs the experts
 //! of the layers that `--n-cpu-moe` keeps in RAM, but for those [`expert_cache`] holds in VRAM.
 //!
-//! Not yet here (issue 8): the other weight types (Q5_0, Q5_K, ...), f16 variants, subgroup
+//! Not yet here (issue 8): the other weight types (Q5_0, Q5_K, ...), f16 matrix products, subgroup
 //! reductions beyond the matrix products, a matrix-matrix (prefill) shader, sliding-window rings on the GPU (windows are masked over a
 //! full cache), MLA, quantized KV caches on the GPU.
 
@@ -60,6 +60,8 @@ pub struct GpuContext {
     /// Whether pipelines compiled from now on take the subgroup variant of the reductions
     /// (where offered; `DSRUN_GPU_SUBGROUPS=0` or [`Self::set_subgroups`] turn it off).
     use_subgroups: AtomicBool,
+    /// Whether attention takes its shader-f16 Q·K variant (opt-in: `DSRUN_GPU_F16=1`).
+    use_f16: AtomicBool,
 }
 
 impl GpuContext {
@@ -108,12 +110,14 @@ impl GpuContext {
         };
         let use_subgroups =
             info.subgroups && std::env::var("DSRUN_GPU_SUBGROUPS").as_deref() != Ok("0");
+        let use_f16 = info.shader_f16 && std::env::var("DSRUN_GPU_F16").as_deref() == Ok("1");
         Ok(Some(GpuContext {
             device,
             queue,
             info,
             pipelines: Mutex::new(HashMap::new()),
             use_subgroups: AtomicBool::new(use_subgroups),
+            use_f16: AtomicBool::new(use_f16),
         }))
     }
 
@@ -127,6 +131,19 @@ impl GpuContext {
     pub fn set_subgroups(&self, on: bool) -> bool {
         let on = on && self.info.subgroups;
         self.use_subgroups.store(on, Ordering::Relaxed);
+        on
+    }
+
+    /// Whether attention rounds Q to f16 and reads K as f16 (pipeline key `attention_f16`).
+    pub fn f16(&self) -> bool {
+        self.use_f16.load(Ordering::Relaxed)
+    }
+
+    /// Chooses attention's f16 variant (where the adapter offers shader-f16) or the f32 one for
+    /// what is recorded from now on; returns what is in effect.
+    pub fn set_f16(&self, on: bool) -> bool {
+        let on = on && self.info.shader_f16;
+        self.use_f16.store(on, Ordering::Relaxed);
         on
     }
 

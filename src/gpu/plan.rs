@@ -396,8 +396,8 @@ impl Builder<'_> {
             has_sinks: l.sinks.is_some() as u32,
             _pad: [0; 2],
         });
-        let src = shaders::attention_source();
-        let p = self.pipe("kv_store", &src, "kv_store")?;
+        let (f16, src) = shaders::attention_variant(ctx.f16());
+        let p = self.pipe(&format!("kv_store{f16}"), &src, "kv_store")?;
         w.push(self.d(
             p,
             &[
@@ -410,7 +410,7 @@ impl Builder<'_> {
             ],
             Groups::Elements(u32s(kvd / 2, "width")?),
         ));
-        let p = self.pipe("attention", &src, "attention")?;
+        let p = self.pipe(&format!("attention{f16}"), &src, "attention")?;
         w.push(self.d(
             p,
             &[

@@ -21,6 +21,8 @@ pub const ELEMENTWISE: &str = include_str!("../../shaders/elementwise.wgsl");
 pub const QUANTIZE: &str = include_str!("../../shaders/quantize.wgsl");
 pub const MOE: &str = include_str!("../../shaders/moe.wgsl");
 const ATTENTION: &str = include_str!("../../shaders/attention.wgsl");
+const ATTENTION_KQ: &str = include_str!("../../shaders/attention_kq.wgsl");
+const ATTENTION_KQ_F16: &str = include_str!("../../shaders/attention_kq_f16.wgsl");
 
 /// Weight types with a GPU matrix product, and their type snippet.
 pub const MATVEC_TYPES: &[(GgmlType, &str)] = &[
@@ -62,9 +64,22 @@ pub fn softmax_source() -> String {
     format!("{REDUCE}\n{SOFTMAX}")
 }
 
-/// Attention and the KV cache store: `attention.wgsl` after the shared reductions.
+/// Attention and the KV cache store: `attention.wgsl` after the shared reductions and the f32
+/// Q·K dot.
 pub fn attention_source() -> String {
-    format!("{REDUCE}\n{ATTENTION}")
+    attention_variant(false).1
+}
+
+/// Attention with the Q·K dot in f16 (`f16`: needs the adapter's shader-f16) or f32: (pipeline
+/// key suffix, source).
+pub fn attention_variant(f16: bool) -> (&'static str, String) {
+    match f16 {
+        true => (
+            "_f16",
+            format!("enable f16;\n{REDUCE}\n{ATTENTION_KQ_F16}\n{ATTENTION}"),
+        ),
+        false => ("", format!("{REDUCE}\n{ATTENTION_KQ}\n{ATTENTION}")),
+    }
 }
 
 /// Every complete module with its entry point, for validation.
@@ -87,6 +102,11 @@ pub fn all_modules() -> Vec<(String, String, &'static str)> {
     v.push(("softmax".into(), softmax_source(), "softmax"));
     v.push(("rope".into(), ROPE.into(), "rope"));
     v.push(("attention".into(), attention_source(), "attention"));
+    v.push((
+        "attention_f16".into(),
+        attention_variant(true).1,
+        "attention",
+    ));
     v.push(("elementwise".into(), ELEMENTWISE.into(), "glu"));
     v.push(("moe".into(), MOE.into(), "route"));
     v.push(("quantize".into(), QUANTIZE.into(), "q8_k"));
