@@ -8,8 +8,10 @@
 #   scripts/bench-gpu.sh run         # there (device tool: carry [".gpu"]), or on any machine
 #
 # `run` checks that greedy text on the GPU equals the CPU's (32 tokens; the tiny Qwen3-MoE in
-# Q8_0 and Q4_K_M, all experts on the GPU and with --n-cpu-moe 3), then measures ppPP and tgTG
-# with `dsrun bench --device gpu`, which prints the copy bandwidth of the device, the bytes a
+# Q8_0 and Q4_K_M, all experts on the GPU, with --n-cpu-moe 3, with -ngl 4 (the first 3 of 6
+# layers on the CPU) and, for Q8_0, with --cpu-moe --moe-gpu-cache 4 (the VRAM expert cache)), then
+# measures ppPP and tgTG with `dsrun bench --device gpu` (and, for the tiny MoE, with --cpu-moe
+# with and without --moe-gpu-cache 4, whose line gives the cache's hit rate), which prints the copy bandwidth of the device, the bytes a
 # decoded token reads and the roofline (bandwidth ÷ bytes) beside each generation figure, and
 # the same tests on the CPU for the ratio. Qwen2.5-Coder-1.5B Q4_K_M (1.1 GB) is measured too
 # where the file is present (models/ here; it cannot travel to the device machine, whose
@@ -101,18 +103,27 @@ run() {
                 echo "- $name: GPU TEXT DIFFERS: cpu=[$cpu] gpu=[$gpu]"
                 fail=1
             fi
-            if [[ "$name" != "$QWEN15" ]]; then
-                split="$("$bin" "${g[@]}" --device gpu --n-cpu-moe 3)" || split="(dsrun run failed)"
+            local variants=()
+            [[ "$name" != "$QWEN15" ]] && variants=("--n-cpu-moe 3" "-ngl 4")
+            # Q4_K_M's text with the cache parts from the CPU's late in 32 tokens (README, GPU).
+            [[ "$name" == "$TINY_Q8" ]] && variants+=("--cpu-moe --moe-gpu-cache 4")
+            for v in ${variants[@]+"${variants[@]}"}; do
+                # shellcheck disable=SC2086
+                split="$("$bin" "${g[@]}" --device gpu $v)" || split="(dsrun run failed)"
                 if [[ "$split" == "$cpu" ]]; then
-                    echo "- $name: with --n-cpu-moe 3 too"
+                    echo "- $name: with $v too"
                 else
-                    echo "- $name: --n-cpu-moe 3 TEXT DIFFERS: [$split]"
+                    echo "- $name: $v TEXT DIFFERS: [$split]"
                     fail=1
                 fi
-            fi
-            for dev in gpu cpu; do
-                if ! "$bin" bench -m "$m" -p "$pp" -n "$tg" -r "$reps" --device "$dev"; then
-                    echo "- $name: dsrun bench --device $dev FAILED"
+            done
+            local benches=("--device gpu" "--device cpu")
+            [[ "$name" != "$QWEN15" ]] &&
+                benches+=("--device gpu --cpu-moe" "--device gpu --cpu-moe --moe-gpu-cache 4")
+            for b in "${benches[@]}"; do
+                # shellcheck disable=SC2086
+                if ! "$bin" bench -m "$m" -p "$pp" -n "$tg" -r "$reps" $b; then
+                    echo "- $name: dsrun bench $b FAILED"
                     fail=1
                 fi
             done

@@ -1,4 +1,5 @@
-// Self-attention over the KV cache; reduce.wgsl is prepended. The cache of a layer holds K and V
+// Self-attention over the KV cache; reduce.wgsl and the Q·K dot of one key (attention_kq.wgsl,
+// or attention_kq_f16.wgsl with shader-f16) are prepended. The cache of a layer holds K and V
 // as f16 pairs packed in u32 words, (n_ctx, n_head_kv * head_dim) each, like the CPU's default
 // f16 cache.
 //
@@ -73,12 +74,7 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id
         var s = NEG;
         if (j <= p) {
             let kb = j * half_dim + kv_off;
-            var dotv = 0.0;
-            for (var d = 0u; d < hd / 2u; d++) {
-                let kv2 = unpack2x16float(kc[kb + d]);
-                dotv += q[q_base + 2u * d] * kv2.x + q[q_base + 2u * d + 1u] * kv2.y;
-            }
-            s = dotv * params.scale;
+            s = kq_dot(q_base, kb, hd / 2u) * params.scale;
         }
         let m_new = max(m, wg_max(lid, s));
         var e = 0.0;

@@ -204,14 +204,7 @@ impl<'m, 'a> Session<'m, 'a> {
         for batch in tokens.chunks(self.n_batch) {
             if let Some(g) = &mut self.gpu {
                 let m = self.model;
-                logits = g.forward(
-                    &m.hp,
-                    &m.weights,
-                    batch,
-                    self.kv.n_past,
-                    false,
-                    &mut self.moe,
-                )?;
+                logits = g.forward(&m.hp, &m.weights, &mut self.kv, batch, false, &mut self.moe)?;
                 self.kv.n_past += batch.len();
                 self.tokens.extend_from_slice(batch);
                 continue;
@@ -244,8 +237,8 @@ impl<'m, 'a> Session<'m, 'a> {
                 logits.extend(g.forward(
                     &m.hp,
                     &m.weights,
+                    &mut self.kv,
                     batch,
-                    self.kv.n_past,
                     true,
                     &mut self.moe,
                 )?);

@@ -285,6 +285,10 @@ pub fn run(args: BenchArgs) -> Result<(), CliError> {
                     "samples_ts": ts,
                     "moe_avg_experts": r.experts.average(),
                     "moe_avg_experts_per_layer": r.experts.per_layer(),
+                    "moe_vram_hit_rate": match r.experts.vram {
+                        (_, 0) => None,
+                        (h, n) => Some(h as f64 / n as f64),
+                    },
                     "device": device,
                     "gpu_name": model.gpu.as_ref().map(|g| g.ctx.info.name.clone()),
                     "gpu_copy_bandwidth_bps": roofline.map(|r| r.0),

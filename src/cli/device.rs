@@ -16,7 +16,8 @@ pub struct DeviceArgs {
     /// Where to run: cpu or gpu [default: cpu; gpu when -ngl N > 0 is given]
     #[arg(long = "device", value_name = "DEVICE")]
     pub device: Option<String>,
-    /// Layers on the GPU, counted from the last (also -ngl, --n-gpu-layers) [default: all]
+    /// Layers on the GPU as llama.cpp counts them (also -ngl, --n-gpu-layers): the output and
+    /// the last N-1 layers; the first n_layer+1-N run on the CPU [default: all]
     #[arg(long = "gpu-layers", alias = "n-gpu-layers", value_name = "N")]
     pub gpu_layers: Option<usize>,
     /// Keep every layer's expert tensors in RAM and run the experts on the CPU
@@ -25,6 +26,10 @@ pub struct DeviceArgs {
     /// Keep the expert tensors of the first N layers in RAM (experts run on the CPU)
     #[arg(long = "n-cpu-moe", value_name = "N", conflicts_with = "cpu_moe")]
     pub n_cpu_moe: Option<usize>,
+    /// Of each layer whose experts stay in RAM, the N most chosen also in VRAM, run on the GPU
+    /// (chosen online from the routing; the hit rate is in --verbose and bench)
+    #[arg(long = "moe-gpu-cache", value_name = "N")]
+    pub moe_gpu_cache: Option<usize>,
 }
 
 impl DeviceArgs {
@@ -55,14 +60,28 @@ impl DeviceArgs {
             return Ok(());
         };
         let n_layer = model.hp.n_layer;
+        if self.gpu_layers == Some(0) {
+            if !quiet {
+                eprintln!("dsrun: -ngl 0: every layer on the CPU");
+            }
+            return Ok(());
+        }
         let opts = GpuOptions {
-            n_gpu_layers: self.gpu_layers.map(|n| n.min(n_layer)),
+            n_gpu_layers: self.gpu_layers.map(|n| n.min(n_layer + 1)),
             n_cpu_moe: if self.cpu_moe {
                 n_layer
             } else {
                 self.n_cpu_moe.unwrap_or(0)
             },
+            moe_gpu_cache: self.moe_gpu_cache.unwrap_or(0),
         };
+        if opts.moe_gpu_cache > 0 && opts.n_cpu_moe == 0 {
+            return Err(Error::Invalid(
+                "--moe-gpu-cache caches the experts of layers kept in RAM: add --cpu-moe or \
+                 --n-cpu-moe N"
+                    .into(),
+            ));
+        }
         model.use_gpu(Arc::new(ctx), opts)?;
         if !quiet {
             if let Some(g) = &model.gpu {

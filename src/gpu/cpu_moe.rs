@@ -5,8 +5,16 @@
 use crate::error::{Error, Result};
 use crate::model::weights::Ffn;
 
-/// `h` (n, n_embd) → (n, n_embd): sum over each token's k slots of weight × expert output.
-pub fn experts(ffn: &Ffn, n_embd: usize, h: &[f32], ids: &[u32], wts: &[f32]) -> Result<Vec<f32>> {
+/// `h` (n, n_embd) → (n, n_embd): sum over each token's k slots of weight × expert output, but
+/// for the slots `served` marks (the GPU's expert cache runs those).
+pub fn experts(
+    ffn: &Ffn,
+    n_embd: usize,
+    h: &[f32],
+    ids: &[u32],
+    wts: &[f32],
+    served: &[bool],
+) -> Result<Vec<f32>> {
     let Ffn::Moe {
         gate,
         up,
@@ -23,6 +31,9 @@ pub fn experts(ffn: &Ffn, n_embd: usize, h: &[f32], ids: &[u32], wts: &[f32]) ->
     let n_expert = gate.n_rows / n_ff;
     let mut routed: Vec<Vec<(usize, f32)>> = vec![Vec::new(); n_expert];
     for (z, (&x, &wt)) in ids.iter().zip(wts).enumerate() {
+        if served.get(z) == Some(&true) {
+            continue;
+        }
         let slot = routed
             .get_mut(x as usize)
             .ok_or_else(|| Error::Invalid(format!("GPU routing chose expert {x} of {n_expert}")))?;

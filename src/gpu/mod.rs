@@ -9,17 +9,20 @@
 //! Each op has the CPU kernel of [`crate::kernels`] as its reference twin; `src/gpu/tests.rs`
 //! holds them together on random shapes by normalized mean squared error.
 //!
-//! The forward pass on the device ([`forward`]) keeps weights ([`weights`]), activations and the
-//! KV cache in GPU buffers and records one command buffer per batch; [`cpu_moe`] runs the
-//! experts of the layers that `--n-cpu-moe` keeps in RAM.
+//! The forward pass on the device ([`forward`], recorded by [`plan`]) keeps weights
+//! ([`weights`]), activations and the KV cache in GPU buffers and records one command buffer per
+//! batch; `-ngl` below n_layer + 1 runs the first layers on the CPU; [`cpu_moe`] runs the experts
+//! of the layers that `--n-cpu-moe` keeps in RAM, but for those [`expert_cache`] holds in VRAM.
 //!
-//! Not yet here (issue 8): the other weight types (Q5_0, Q5_K, ...), f16/subgroup variants, a
-//! matrix-matrix (prefill) shader, sliding-window rings on the GPU (windows are masked over a
+//! Not yet here (issue 8): the other weight types (Q5_0, Q5_K, ...), f16 matrix products, subgroup
+//! reductions beyond the matrix products, a matrix-matrix (prefill) shader, sliding-window rings on the GPU (windows are masked over a
 //! full cache), MLA, quantized KV caches on the GPU.
 
 mod cpu_moe;
+pub mod expert_cache;
 pub mod forward;
 mod ops;
+mod plan;
 pub mod repack;
 pub mod shaders;
 #[cfg(test)]
@@ -32,6 +35,7 @@ pub use forward::{GpuModel, GpuOptions, GpuSession};
 pub use ops::{GpuMatrix, GpuOps};
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
@@ -53,6 +57,11 @@ pub struct GpuContext {
     pub queue: wgpu::Queue,
     pub info: GpuInfo,
     pipelines: Mutex<HashMap<String, Arc<wgpu::ComputePipeline>>>,
+    /// Whether pipelines compiled from now on take the subgroup variant of the reductions
+    /// (where offered; `DSRUN_GPU_SUBGROUPS=0` or [`Self::set_subgroups`] turn it off).
+    use_subgroups: AtomicBool,
+    /// Whether attention takes its shader-f16 Q·K variant (opt-in: `DSRUN_GPU_F16=1`).
+    use_f16: AtomicBool,
 }
 
 impl GpuContext {
@@ -99,12 +108,43 @@ impl GpuContext {
             subgroups: features.contains(wgpu::Features::SUBGROUP),
             max_storage_binding: limits.max_storage_buffer_binding_size as u64,
         };
+        let use_subgroups =
+            info.subgroups && std::env::var("DSRUN_GPU_SUBGROUPS").as_deref() != Ok("0");
+        let use_f16 = info.shader_f16 && std::env::var("DSRUN_GPU_F16").as_deref() == Ok("1");
         Ok(Some(GpuContext {
             device,
             queue,
             info,
             pipelines: Mutex::new(HashMap::new()),
+            use_subgroups: AtomicBool::new(use_subgroups),
+            use_f16: AtomicBool::new(use_f16),
         }))
+    }
+
+    /// Whether the matrix products use subgroup reductions (their pipeline keys end in `_sg`).
+    pub fn subgroups(&self) -> bool {
+        self.use_subgroups.load(Ordering::Relaxed)
+    }
+
+    /// Chooses the subgroup variant (where the adapter offers subgroups) or the fallback for the
+    /// matrices recorded from now on; returns what is in effect.
+    pub fn set_subgroups(&self, on: bool) -> bool {
+        let on = on && self.info.subgroups;
+        self.use_subgroups.store(on, Ordering::Relaxed);
+        on
+    }
+
+    /// Whether attention rounds Q to f16 and reads K as f16 (pipeline key `attention_f16`).
+    pub fn f16(&self) -> bool {
+        self.use_f16.load(Ordering::Relaxed)
+    }
+
+    /// Chooses attention's f16 variant (where the adapter offers shader-f16) or the f32 one for
+    /// what is recorded from now on; returns what is in effect.
+    pub fn set_f16(&self, on: bool) -> bool {
+        let on = on && self.info.shader_f16;
+        self.use_f16.store(on, Ordering::Relaxed);
+        on
     }
 
     /// The pipeline of `entry` in `source`, compiled on first use and cached under `key`.

@@ -64,6 +64,41 @@ impl GpuMatrix {
             .sum()
     }
 
+    /// Overwrites rows `row0..` with `bytes` (whole rows in ggml's layout of the matrix's type),
+    /// repacked as at upload (the expert cache swaps experts this way).
+    pub fn write_rows(&self, ctx: &GpuContext, row0: usize, bytes: &[u8]) -> Result<()> {
+        let layout = repack::layout(self.ty).expect("checked at upload");
+        let nb = self.n_cols / layout.block;
+        let row_bytes = nb * layout.block_bytes;
+        let n = bytes.len() / row_bytes;
+        if !bytes.len().is_multiple_of(row_bytes) || row0 + n > self.n_rows {
+            return Err(Error::Invalid(format!(
+                "GPU: {} bytes at row {row0} of a {}x{} {} matrix",
+                bytes.len(),
+                self.n_rows,
+                self.n_cols,
+                self.ty.name()
+            )));
+        }
+        let (d_row, q_row) = (nb * layout.n_f * 4, nb * layout.n_words * 4);
+        for p in &self.parts {
+            let lo = row0.max(p.row0);
+            let hi = (row0 + n).min(p.row0 + p.n_rows);
+            if lo >= hi {
+                continue;
+            }
+            let (d, qs) =
+                layout.split_all(&bytes[(lo - row0) * row_bytes..(hi - row0) * row_bytes]);
+            let at = (lo - p.row0) as u64;
+            ctx.queue
+                .write_buffer(&p.d, at * d_row as u64, bytemuck::cast_slice(&d));
+            if let Some(q) = &p.qs {
+                ctx.queue.write_buffer(q, at * q_row as u64, &qs);
+            }
+        }
+        Ok(())
+    }
+
     /// `y[t][r] (+)= W[r] · x[t]`, one dispatch per part; rows of y are `n_rows` apart.
     pub fn dispatches(
         &self,
@@ -72,8 +107,10 @@ impl GpuMatrix {
         y: &wgpu::Buffer,
         accumulate: bool,
     ) -> Result<Vec<MatvecDispatch>> {
-        let source = shaders::matvec_source(self.ty).expect("checked at upload");
-        let pipeline = ctx.pipeline(&format!("matvec_{}", self.ty.name()), &source, "main")?;
+        let (sg, source) =
+            shaders::matvec_variant(self.ty, ctx.subgroups()).expect("checked at upload");
+        let name = format!("matvec_{}{sg}", self.ty.name());
+        let pipeline = ctx.pipeline(&name, &source, "main")?;
         self.parts
             .iter()
             .map(|p| {
@@ -95,7 +132,7 @@ impl GpuMatrix {
                 }
                 bufs.extend([(2, x), (3, y), (4, &params)]);
                 Ok(MatvecDispatch {
-                    name: format!("matvec_{}", self.ty.name()),
+                    name: name.clone(),
                     bind: ctx.bind(&pipeline, &bufs),
                     pipeline: pipeline.clone(),
                     groups_xy: (rows_per_y, rows.div_ceil(rows_per_y)),
@@ -121,12 +158,10 @@ impl GpuMatrix {
                 self.bytes()
             )));
         };
-        let source = shaders::matvec_source(self.ty).expect("checked at upload");
-        let pipeline = ctx.pipeline(
-            &format!("matvec_ids_{}", self.ty.name()),
-            &source,
-            "main_ids",
-        )?;
+        let (sg, source) =
+            shaders::matvec_variant(self.ty, ctx.subgroups()).expect("checked at upload");
+        let name = format!("matvec_ids_{}{sg}", self.ty.name());
+        let pipeline = ctx.pipeline(&name, &source, "main_ids")?;
         let rows = u32s(rows_per_expert, "rows")?;
         let rows_per_y = rows.clamp(1, MAX_GROUPS);
         let params = ctx.uniform(&MatvecParams {
@@ -145,7 +180,7 @@ impl GpuMatrix {
         }
         bufs.extend([(2, x), (3, y), (4, &params), (5, ids)]);
         Ok(MatvecDispatch {
-            name: format!("matvec_ids_{}", self.ty.name()),
+            name,
             bind: ctx.bind(&pipeline, &bufs),
             pipeline,
             groups_xy: (rows_per_y, rows.div_ceil(rows_per_y)),

@@ -13,6 +13,7 @@ pub const MATVEC_MXFP4: &str = include_str!("../../shaders/matvec_mxfp4.wgsl");
 pub const MATVEC_Q4_K: &str = include_str!("../../shaders/matvec_q4_k.wgsl");
 pub const MATVEC_Q6_K: &str = include_str!("../../shaders/matvec_q6_k.wgsl");
 pub const REDUCE: &str = include_str!("../../shaders/reduce.wgsl");
+pub const REDUCE_SUBGROUP: &str = include_str!("../../shaders/reduce_subgroup.wgsl");
 const NORM: &str = include_str!("../../shaders/norm.wgsl");
 const SOFTMAX: &str = include_str!("../../shaders/softmax.wgsl");
 pub const ROPE: &str = include_str!("../../shaders/rope.wgsl");
@@ -20,6 +21,8 @@ pub const ELEMENTWISE: &str = include_str!("../../shaders/elementwise.wgsl");
 pub const QUANTIZE: &str = include_str!("../../shaders/quantize.wgsl");
 pub const MOE: &str = include_str!("../../shaders/moe.wgsl");
 const ATTENTION: &str = include_str!("../../shaders/attention.wgsl");
+const ATTENTION_KQ: &str = include_str!("../../shaders/attention_kq.wgsl");
+const ATTENTION_KQ_F16: &str = include_str!("../../shaders/attention_kq_f16.wgsl");
 
 /// Weight types with a GPU matrix product, and their type snippet.
 pub const MATVEC_TYPES: &[(GgmlType, &str)] = &[
@@ -35,10 +38,20 @@ pub const MATVEC_TYPES: &[(GgmlType, &str)] = &[
 
 /// The full source of the matrix product for `ty`, or `None` if the GPU has none yet.
 pub fn matvec_source(ty: GgmlType) -> Option<String> {
+    matvec_variant(ty, false).map(|(_, s)| s)
+}
+
+/// The matrix product for `ty` with its rows summed by subgroup operations (`subgroups`) or by
+/// workgroup memory alone: (pipeline key suffix, source).
+pub fn matvec_variant(ty: GgmlType, subgroups: bool) -> Option<(&'static str, String)> {
+    let (suffix, reduce) = match subgroups {
+        true => ("_sg", REDUCE_SUBGROUP),
+        false => ("", REDUCE),
+    };
     MATVEC_TYPES
         .iter()
         .find(|(t, _)| *t == ty)
-        .map(|(_, snippet)| format!("{snippet}\n{REDUCE}\n{MATVEC}"))
+        .map(|(_, snippet)| (suffix, format!("{snippet}\n{reduce}\n{MATVEC}")))
 }
 
 /// RMS norm: `norm.wgsl` after the shared reductions.
@@ -51,9 +64,22 @@ pub fn softmax_source() -> String {
     format!("{REDUCE}\n{SOFTMAX}")
 }
 
-/// Attention and the KV cache store: `attention.wgsl` after the shared reductions.
+/// Attention and the KV cache store: `attention.wgsl` after the shared reductions and the f32
+/// Q·K dot.
 pub fn attention_source() -> String {
-    format!("{REDUCE}\n{ATTENTION}")
+    attention_variant(false).1
+}
+
+/// Attention with the Q·K dot in f16 (`f16`: needs the adapter's shader-f16) or f32: (pipeline
+/// key suffix, source).
+pub fn attention_variant(f16: bool) -> (&'static str, String) {
+    match f16 {
+        true => (
+            "_f16",
+            format!("enable f16;\n{REDUCE}\n{ATTENTION_KQ_F16}\n{ATTENTION}"),
+        ),
+        false => ("", format!("{REDUCE}\n{ATTENTION_KQ}\n{ATTENTION}")),
+    }
 }
 
 /// Every complete module with its entry point, for validation.
@@ -68,10 +94,19 @@ pub fn all_modules() -> Vec<(String, String, &'static str)> {
             )
         })
         .collect();
+    for (t, _) in MATVEC_TYPES {
+        let (_, source) = matvec_variant(*t, true).unwrap();
+        v.push((format!("matvec_{}_sg", t.name()), source, "main"));
+    }
     v.push(("norm".into(), norm_source(), "rms_norm"));
     v.push(("softmax".into(), softmax_source(), "softmax"));
     v.push(("rope".into(), ROPE.into(), "rope"));
     v.push(("attention".into(), attention_source(), "attention"));
+    v.push((
+        "attention_f16".into(),
+        attention_variant(true).1,
+        "attention",
+    ));
     v.push(("elementwise".into(), ELEMENTWISE.into(), "glu"));
     v.push(("moe".into(), MOE.into(), "route"));
     v.push(("quantize".into(), QUANTIZE.into(), "q8_k"));

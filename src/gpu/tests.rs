@@ -142,6 +142,42 @@ fn matmul_matches_cpu_for_each_type() {
     assert!(ctx.n_pipelines() >= shaders::MATVEC_TYPES.len());
 }
 
+/// Both reductions of the matrix product, the subgroup variant (where offered: lavapipe has
+/// subgroups of 8) and the workgroup-memory fallback, against the CPU, each under its own key.
+#[test]
+fn matmul_subgroup_variant_and_fallback_match_cpu() {
+    if ctx().is_none() {
+        return;
+    }
+    // A context of its own: the choice applies to what is recorded after it.
+    let ctx = GpuContext::new()
+        .unwrap()
+        .expect("an adapter, as ctx() found");
+    let ops = GpuOps::new(&ctx);
+    let mut rng = Rng::new(11);
+    for want in [false, true] {
+        let sg = ctx.set_subgroups(want);
+        if want && !sg {
+            eprintln!("no subgroups on {}: variant not tested", ctx.info.name);
+            continue;
+        }
+        for &(ty, _) in shaders::MATVEC_TYPES {
+            let (n_rows, n_tok) = (1 + rng.below(200), 1 + rng.below(3));
+            let n_cols = (32 * (1 + rng.below(40))).next_multiple_of(ty.block_size().unwrap());
+            let bytes = random_weights(&mut rng, ty, n_rows, n_cols);
+            let x = rng.vec(n_tok * n_cols, 1.0);
+            let mut cpu = vec![0f32; n_tok * n_rows];
+            matmul(&view("w", ty, n_rows, n_cols, &bytes), &x, n_tok, &mut cpu);
+            let m = ops.upload_matrix(ty, n_rows, n_cols, &bytes).unwrap();
+            let gpu = ops.matmul(&m, &x, n_tok).unwrap();
+            let e = nmse(&gpu, &cpu);
+            assert!(e < NMSE, "{} subgroups {sg}: nmse {e}", ty.name());
+            let key = format!("matvec_{}{}", ty.name(), if sg { "_sg" } else { "" });
+            assert!(ctx.pipelines.lock().unwrap().contains_key(&key), "{key}");
+        }
+    }
+}
+
 #[test]
 fn matmul_spans_more_rows_than_one_dispatch_dimension() {
     let Some(ctx) = ctx() else { return };

@@ -4,8 +4,8 @@
 //! matrices split over several bindings. Same rules as `tests.rs` (no adapter: skip, unless
 //! `DSRUN_REQUIRE_GPU=1`).
 
-use super::forward::{AttnParams, EwParams, RouteParams};
 use super::ops::{NormParams, StepUniform};
+use super::plan::{AttnParams, EwParams, RouteParams};
 use super::tests::{ctx, nmse, random_weights, view, NMSE};
 use super::*;
 use crate::kernels::attention::{attention, AttnInput};
@@ -140,8 +140,16 @@ fn f16_round(v: &[f32]) -> Vec<f32> {
 fn kv_store_and_attention_match_cpu() {
     let Some(ctx) = ctx() else { return };
     let mut rng = Rng::new(5);
-    let src = shaders::attention_source();
-    for case in 0..6 {
+    // The f32 variant against the CPU; the f16 one (where offered) against the CPU given Q
+    // rounded to f16, which is all it changes.
+    for (f16, case) in [false, true]
+        .into_iter()
+        .flat_map(|f| (0..6).map(move |c| (f, c)))
+    {
+        if f16 && !ctx.info.shader_f16 {
+            continue;
+        }
+        let (suffix, src) = shaders::attention_variant(f16);
         let n_head_kv = 1 + rng.below(3);
         let n_head = n_head_kv * (1 + rng.below(3));
         let hd = [32, 64, 80, 128, 256][rng.below(5)];
@@ -186,7 +194,7 @@ fn kv_store_and_attention_match_cpu() {
         let n_pairs = (n_tok * kvd / 2) as u32;
         run(
             ctx,
-            ("kv_store", &src, "kv_store"),
+            (&format!("kv_store{suffix}"), &src, "kv_store"),
             &[
                 (1, &kc),
                 (2, &vc),
@@ -199,7 +207,7 @@ fn kv_store_and_attention_match_cpu() {
         );
         run(
             ctx,
-            ("attention", &src, "attention"),
+            (&format!("attention{suffix}"), &src, "attention"),
             &[
                 (0, &qb),
                 (1, &kc),
@@ -213,6 +221,7 @@ fn kv_store_and_attention_match_cpu() {
         );
         let gpu = read(ctx, &out, q.len());
 
+        let q = if f16 { f16_round(&q) } else { q };
         let all_k = [old_k, f16_round(&k)].concat();
         let all_v = [old_v, f16_round(&v)].concat();
         let mut cpu = vec![0.0f32; q.len()];
@@ -234,7 +243,7 @@ fn kv_store_and_attention_match_cpu() {
         let e = nmse(&gpu, &cpu);
         assert!(
             e < NMSE,
-            "attention {n_head}/{n_head_kv} heads of {hd}, pos0 {pos0}, {n_tok} tokens, \
+            "attention{suffix} {n_head}/{n_head_kv} heads of {hd}, pos0 {pos0}, {n_tok} tokens, \
              window {window:?}, sinks {}: nmse {e}",
             sinks.is_some()
         );

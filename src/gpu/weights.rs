@@ -7,6 +7,7 @@
 
 use std::sync::Arc;
 
+use super::expert_cache::ExpertCache;
 use super::ops::GpuMatrix;
 use super::{GpuContext, GpuOps};
 use crate::error::{Error, Result};
@@ -18,10 +19,14 @@ use crate::tensor::TensorView;
 /// Which layers and experts the GPU takes (`-ngl`, `--n-cpu-moe`).
 #[derive(Debug, Clone, Default)]
 pub struct GpuOptions {
-    /// Layers on the GPU, counted from the last (llama.cpp's `-ngl`); `None`: all.
+    /// llama.cpp's `-ngl`: the output layer and the last N − 1 layers on the GPU (the first
+    /// n_layer + 1 − N run on the CPU); `None`: all of them. 0 leaves nothing for the GPU.
     pub n_gpu_layers: Option<usize>,
     /// The expert tensors of the first N layers stay in RAM and run on the CPU.
     pub n_cpu_moe: usize,
+    /// Of each layer whose experts stay in RAM, this many experts also in VRAM, run on the GPU
+    /// ([`super::expert_cache`]).
+    pub moe_gpu_cache: usize,
 }
 
 pub struct GpuLayer {
@@ -57,12 +62,14 @@ pub enum GpuFfn {
         /// Stacked gate, up (n_expert * n_ff rows) and down (n_expert * n_embd rows); `None`
         /// when the experts run on the CPU.
         experts: Option<Box<[GpuMatrix; 3]>>,
+        /// With the experts on the CPU: the most chosen of them in VRAM too.
+        cache: Option<ExpertCache>,
         n_ff: usize,
     },
 }
 
 pub struct GpuWeights {
-    /// Layers `first_layer ..` of the model.
+    /// Layers `first_layer ..` of the model (the ones before run on the CPU).
     pub layers: Vec<GpuLayer>,
     pub first_layer: usize,
     pub output_norm: wgpu::Buffer,
@@ -140,9 +147,16 @@ impl GpuWeights {
     ) -> Result<GpuWeights> {
         check(hp, w)?;
         let ops = GpuOps::new(ctx);
-        let n_gpu = opts.n_gpu_layers.unwrap_or(hp.n_layer).min(hp.n_layer);
-        let first_layer = hp.n_layer - n_gpu;
-        let mut layers = Vec::with_capacity(n_gpu);
+        // As llama.cpp (llama-model.cpp, `i_gpu_start`): the output counts as layer n_layer, and
+        // the last N of the n_layer + 1 go to the GPU; the embedding lookup stays on the CPU.
+        let n_gpu = opts.n_gpu_layers.unwrap_or(hp.n_layer + 1);
+        if n_gpu == 0 {
+            return Err(Error::Invalid(
+                "-ngl 0 puts no layer on the GPU: use --device cpu".into(),
+            ));
+        }
+        let first_layer = (hp.n_layer + 1).saturating_sub(n_gpu).min(hp.n_layer);
+        let mut layers = Vec::with_capacity(hp.n_layer - first_layer);
         for (il, lw) in w.layers.iter().enumerate().skip(first_layer) {
             let Attn::Mha(a) = &lw.attn else {
                 return Err(unsupported("multi-head latent attention", hp.arch.name));
@@ -177,6 +191,11 @@ impl GpuWeights {
                             matrix(&ops, up)?,
                             matrix(&ops, down)?,
                         ]))
+                    },
+                    cache: if il < opts.n_cpu_moe && opts.moe_gpu_cache > 0 {
+                        Some(ExpertCache::new(&ops, &lw.ffn, opts.moe_gpu_cache)?)
+                    } else {
+                        None
                     },
                     n_ff: *n_ff,
                 },
@@ -225,12 +244,17 @@ impl GpuWeights {
             bytes += match &l.ffn {
                 GpuFfn::Dense { gate, up, down } => gate.bytes() + up.bytes() + down.bytes(),
                 GpuFfn::Moe {
-                    router, experts, ..
+                    router,
+                    experts,
+                    cache,
+                    ..
                 } => {
+                    let share = |e: &[GpuMatrix; 3]| -> u64 {
+                        e.iter().map(|m| expert_share(m.bytes())).sum()
+                    };
                     router.bytes()
-                        + experts
-                            .as_ref()
-                            .map_or(0, |e| e.iter().map(|m| expert_share(m.bytes())).sum())
+                        + experts.as_deref().map_or(0, share)
+                        + cache.as_ref().map_or(0, |c| share(&c.mats))
                 }
             };
         }

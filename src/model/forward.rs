@@ -67,54 +67,9 @@ pub fn forward_moe(
     let pos0 = kv.n_past;
     assert!(pos0 + n <= kv.n_ctx, "the caller checks the context length");
 
-    // x: (n, n_embd)
-    let mut x = vec![0.0f32; n * e];
-    for (t, &tok) in tokens.iter().enumerate() {
-        w.token_embd
-            .dequantize_row(tok as usize, &mut x[t * e..(t + 1) * e]);
-    }
-    if hp.arch.embd_scale {
-        let s = (e as f32).sqrt();
-        x.iter_mut().for_each(|v| *v *= s);
-    }
-    scale(&mut x, hp.scales.embedding);
-
-    for (il, lw) in w.layers.iter().enumerate() {
-        let mut h = x.clone();
-        rms_norm_rows(&mut h, &lw.attn_norm, hp.rms_eps);
-        let mut attn_out = match &lw.attn {
-            Attn::Mha(a) => attention(hp, a, kv, il, &h, n, pos0),
-            Attn::Mla(m) => mla::attention(hp, m, kv, il, &h, n, pos0),
-        };
-        if let Some(pn) = &lw.post_attn_norm {
-            rms_norm_rows(&mut attn_out, pn, hp.rms_eps);
-        }
-        scale(&mut attn_out, hp.scales.residual);
-        add(&mut x, &attn_out);
-
-        let mut h = x.clone();
-        rms_norm_rows(&mut h, &lw.ffn_norm, hp.rms_eps);
-        let mut ffn_out = match &lw.ffn {
-            Ffn::Dense { gate, up, down } => {
-                let n_ff = gate.n_rows;
-                let mut g = vec![0.0f32; n * n_ff];
-                let mut u = vec![0.0f32; n * n_ff];
-                linear_many(&h, n, &mut [(gate, &mut g), (up, &mut u)]);
-                match hp.arch.ffn_act {
-                    FfnAct::Gelu => glu_gelu_f16(&mut g, &u),
-                    act => glu(&mut g, &u, act_fn(act)),
-                }
-                let mut out = vec![0.0f32; n * e];
-                linear(down, &g, n, &mut out);
-                out
-            }
-            Ffn::Moe { .. } => moe_ffn(hp, &lw.ffn, &h, n, il, moe),
-        };
-        if let Some(pn) = &lw.post_ffn_norm {
-            rms_norm_rows(&mut ffn_out, pn, hp.rms_eps);
-        }
-        scale(&mut ffn_out, hp.scales.residual);
-        add(&mut x, &ffn_out);
+    let mut x = embed(hp, w, tokens);
+    for il in 0..w.layers.len() {
+        layer(hp, w, kv, il, &mut x, pos0, moe);
     }
     kv.n_past = pos0 + n;
 
@@ -126,6 +81,73 @@ pub fn forward_moe(
     linear(&w.output, &xo, n_out, &mut logits);
     scale(&mut logits, 1.0 / hp.scales.logit);
     logits
+}
+
+/// The embedded rows of `tokens` (n, n_embd), scaled as the architecture asks.
+pub fn embed(hp: &HParams, w: &Weights, tokens: &[u32]) -> Vec<f32> {
+    let e = hp.n_embd;
+    let mut x = vec![0.0f32; tokens.len() * e];
+    for (t, &tok) in tokens.iter().enumerate() {
+        w.token_embd
+            .dequantize_row(tok as usize, &mut x[t * e..(t + 1) * e]);
+    }
+    if hp.arch.embd_scale {
+        let s = (e as f32).sqrt();
+        x.iter_mut().for_each(|v| *v *= s);
+    }
+    scale(&mut x, hp.scales.embedding);
+    x
+}
+
+/// Layer `il` on the residual stream `x` (n, n_embd) of tokens at positions `pos0..`: their K/V
+/// go into the cache (whose `n_past` the caller advances after the last layer).
+pub fn layer(
+    hp: &HParams,
+    w: &Weights,
+    kv: &mut KvCache,
+    il: usize,
+    x: &mut [f32],
+    pos0: usize,
+    moe: &mut MoeState,
+) {
+    let e = hp.n_embd;
+    let n = x.len() / e;
+    let lw = &w.layers[il];
+    let mut h = x.to_vec();
+    rms_norm_rows(&mut h, &lw.attn_norm, hp.rms_eps);
+    let mut attn_out = match &lw.attn {
+        Attn::Mha(a) => attention(hp, a, kv, il, &h, n, pos0),
+        Attn::Mla(m) => mla::attention(hp, m, kv, il, &h, n, pos0),
+    };
+    if let Some(pn) = &lw.post_attn_norm {
+        rms_norm_rows(&mut attn_out, pn, hp.rms_eps);
+    }
+    scale(&mut attn_out, hp.scales.residual);
+    add(x, &attn_out);
+
+    let mut h = x.to_vec();
+    rms_norm_rows(&mut h, &lw.ffn_norm, hp.rms_eps);
+    let mut ffn_out = match &lw.ffn {
+        Ffn::Dense { gate, up, down } => {
+            let n_ff = gate.n_rows;
+            let mut g = vec![0.0f32; n * n_ff];
+            let mut u = vec![0.0f32; n * n_ff];
+            linear_many(&h, n, &mut [(gate, &mut g), (up, &mut u)]);
+            match hp.arch.ffn_act {
+                FfnAct::Gelu => glu_gelu_f16(&mut g, &u),
+                act => glu(&mut g, &u, act_fn(act)),
+            }
+            let mut out = vec![0.0f32; n * e];
+            linear(down, &g, n, &mut out);
+            out
+        }
+        Ffn::Moe { .. } => moe_ffn(hp, &lw.ffn, &h, n, il, moe),
+    };
+    if let Some(pn) = &lw.post_ffn_norm {
+        rms_norm_rows(&mut ffn_out, pn, hp.rms_eps);
+    }
+    scale(&mut ffn_out, hp.scales.residual);
+    add(x, &ffn_out);
 }
 
 pub fn act_fn(a: FfnAct) -> fn(f32) -> f32 {

@@ -241,6 +241,9 @@ pub struct MoeStats {
     /// When set: per layer, each token's scores sorted highest first, normalised to sum 1,
     /// concatenated (n_token * n_expert).
     pub trace: Option<Vec<Vec<f32>>>,
+    /// The GPU's VRAM expert cache (`--moe-gpu-cache`): experts served from it, experts looked
+    /// up (those chosen in layers whose experts stay in RAM).
+    pub vram: (u64, u64),
 }
 
 impl MoeStats {
@@ -295,8 +298,15 @@ impl MoeStats {
     pub fn summary(&self) -> Option<String> {
         let avg = self.average()?;
         let layers: Vec<String> = self.per_layer().iter().map(|v| format!("{v:.2}")).collect();
+        let vram = match self.vram {
+            (_, 0) => String::new(),
+            (h, n) => format!(
+                ", VRAM expert cache hit rate {:.1}% ({h} of {n})",
+                100.0 * h as f64 / n as f64
+            ),
+        };
         Some(format!(
-            "{avg:.3} experts/token (per layer: {})",
+            "{avg:.3} experts/token (per layer: {}){vram}",
             layers.join(" ")
         ))
     }
