@@ -151,9 +151,6 @@ pub(super) trait Pair: Block {
     unsafe fn mins(_group: &[Self], _mask: u16) -> __m512 {
         unsafe { _mm512_setzero_ps() }
     }
-    /// Whether the first 4 bytes of a block are its f16 scale and (with `HAS_MIN`) min, as
-    /// [`Pair::scales`] and [`Pair::mins`] read them (true of every type here).
-    const D_M_HEAD: bool = true;
 }
 
 impl Pair for BlockQ4_0 {

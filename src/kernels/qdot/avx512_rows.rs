@@ -108,9 +108,10 @@ unsafe fn reduce4(v: [__m512; 4]) -> [f32; 4] {
 /// The scales (and mins) of a group of blocks, as `Pair::scales` / `Pair::mins` give them: for
 /// a full group from sixteen plain loads, else through the gather. With four gathers per group
 /// (one per row) the kernel was no faster than the single-row one on SmolLM2 (2026-11-29).
+/// Like `Pair::scales` / `Pair::mins` for Q4_0 and Q4_1, it reads the f16 scale (and min) from
+/// each block's first 4 bytes, so only such types may be dispatched here.
 #[inline(always)]
 unsafe fn heads<B: Pair>(group: &[B], mask: u16) -> (__m512, __m512) {
-    debug_assert!(B::D_M_HEAD);
     unsafe {
         let v = if mask == 0xffff {
             let p: *const u8 = group.as_ptr().cast();
