@@ -52,7 +52,7 @@ pub(super) fn kernel_multi(ty: GgmlType) -> Option<DotMultiFn> {
 }
 
 /// Blocks per group.
-const GROUP: usize = 16;
+pub(super) const GROUP: usize = 16;
 
 /// Loads 64 activation quants.
 #[inline(always)]
@@ -85,7 +85,7 @@ pub(super) unsafe fn table_u8(t: &[i8; 16]) -> __m512i {
 /// The first 4 bytes of each of the first blocks of a group (lanes whose `mask` bit is set;
 /// the others are 0), as u32 lanes.
 #[inline(always)]
-unsafe fn gather_heads<B: Block>(group: &[B], mask: u16) -> __m512i {
+pub(super) unsafe fn gather_heads<B: Block>(group: &[B], mask: u16) -> __m512i {
     let size = std::mem::size_of::<B>() as i32;
     if mask == 0xff {
         // Groups of exactly 8 blocks (rows of 256 values: the small MoE's): eight plain loads
@@ -126,14 +126,14 @@ unsafe fn gather_heads<B: Block>(group: &[B], mask: u16) -> __m512i {
 
 /// The lane mask of a group of `n` blocks (1 to 16).
 #[inline(always)]
-fn group_mask(n: usize) -> u16 {
+pub(super) fn group_mask(n: usize) -> u16 {
     debug_assert!((1..=GROUP).contains(&n));
     (u32::MAX >> (32 - n)) as u16
 }
 
 /// f16 values in the low 16 bits of each lane, widened to f32.
 #[inline(always)]
-unsafe fn f16_lanes(v: __m512i) -> __m512 {
+pub(super) unsafe fn f16_lanes(v: __m512i) -> __m512 {
     unsafe { _mm512_cvtph_ps(_mm512_cvtepi32_epi16(v)) }
 }
 

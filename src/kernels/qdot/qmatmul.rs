@@ -10,7 +10,9 @@
 //! types in [`super::gemm`]'s table go through that GEMM instead (repacked panels, register
 //! tiles); its results equal the plain kernels' bit for bit, again whatever the thread count.
 
-use super::{gemm, quantize_acts, selected_level, ActRow, Kernel, QuantizedActs, SimdLevel, MULTI};
+use super::{
+    gemm, quantize_acts, selected_level, ActRow, Kernel, QuantizedActs, SimdLevel, MULTI, ROWS,
+};
 use crate::tensor::TensorView;
 
 /// Tokens per tile: their quantized rows (about 1.1 bytes per value) stay in L1 together with
@@ -134,7 +136,12 @@ pub fn qmatmul_batch_at(level: SimdLevel, products: &mut [Product<'_>]) {
         p.rpt = if serial {
             m.max(1)
         } else {
-            task_macs.div_ceil(per_row).clamp(4, 256).min(m.max(1))
+            // Whole groups of ROWS rows for the decode kernels.
+            task_macs
+                .div_ceil(per_row)
+                .clamp(4, 256)
+                .next_multiple_of(ROWS)
+                .min(m.max(1))
         };
         p.first_task = n_tasks;
         n_tasks += m.div_ceil(p.rpt);
@@ -196,6 +203,19 @@ fn rows_task(p: &Prepared<'_>, r0: usize, r1: usize) {
     let (w, kernel, rows, m) = (&p.w, &p.kernel, &p.rows, p.w.n_rows);
     let out = &p.out;
     if rows.len() == 1 {
+        // Decode: ROWS rows per call where there is a multi-row kernel (equal results).
+        let mut r0 = r0;
+        if kernel.has_rows() {
+            let rb = w.row_bytes;
+            while r0 + ROWS <= r1 {
+                let vals = kernel.call_rows(&w.data[r0 * rb..(r0 + ROWS) * rb], rb, &rows[0]);
+                for (i, v) in vals.into_iter().enumerate() {
+                    // SAFETY: as below.
+                    unsafe { *out.0.add(r0 + i) = v };
+                }
+                r0 += ROWS;
+            }
+        }
         for r in r0..r1 {
             let v = kernel.call(w.row(r), &rows[0]);
             // SAFETY: r < m, inside `out` (asserted to be (n_tok, m) in `prepare`), and column

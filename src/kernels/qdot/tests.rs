@@ -564,3 +564,53 @@ fn threaded_quantization_matches_rows() {
         }
     }
 }
+
+/// The multi-row decode kernels against the single-row kernel of their level, bit for bit (and
+/// so, through `simd_matches_plain`, against the plain twins within 1e-6): every type, odd
+/// block counts, random bytes (every quant pattern) and ggml-quantized rows.
+#[test]
+fn rows_kernels_equal_single_row_bit_for_bit() {
+    let mut rng = Rng::new(0x0DEC_0DE5);
+    let mut checked = 0;
+    for level in SimdLevel::available() {
+        for &ty in TYPES {
+            if !ty.is_supported() {
+                continue;
+            }
+            for k in lengths(ty) {
+                for random in [true, false] {
+                    let w = if random {
+                        random_rows(ty, k, ROWS, &mut rng)
+                    } else {
+                        quantized_rows(ty, k, ROWS, &mut rng)
+                    };
+                    let a = quantize_acts(ty, &activations(k, 2, &mut rng), 2, k);
+                    let kernel = Kernel::new(level, ty, &a);
+                    if !kernel.has_rows() {
+                        continue;
+                    }
+                    let rb = w.len() / ROWS;
+                    for t in 0..2 {
+                        let got = kernel.call_rows(&w, rb, &a.row(t));
+                        for (r, g) in got.iter().enumerate() {
+                            let want = kernel.call(&w[r * rb..(r + 1) * rb], &a.row(t));
+                            assert_eq!(
+                                g.to_bits(),
+                                want.to_bits(),
+                                "{ty} at {level:?}, k={k} row {r}: {g} vs {want}"
+                            );
+                        }
+                    }
+                    checked += 1;
+                }
+            }
+        }
+    }
+    if SimdLevel::Avx512Vnni.is_available() {
+        // Q4_0 and Q4_1, 5 lengths, 2 sources.
+        assert!(
+            checked >= 2 * 5 * 2,
+            "only {checked} cases had a multi-row kernel"
+        );
+    }
+}
