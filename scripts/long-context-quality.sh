@@ -9,7 +9,8 @@
 #             of each chunk, so every scored token sees at least CTX/2 tokens before it)
 #   SETTINGS  names from the table below (default: all)
 # Environment: MODEL, TEXT, CHUNKS (1), W (window, 512), S (sinks, 4), M (summary slots, 64),
-#   DEPTHS ("0.1 0.5 0.9"; "" skips the passkey test), THREADS, CALIB (calibration text), OUT (results, appended).
+#   DEPTHS ("0.1 0.5 0.9"; "" skips the passkey test), THREADS, CALIB (calibration text), OUT (results, appended),
+#   SUMFLAGS (extra flags of the setting summary-custom, e.g. "--kv-summary-log-weight 0.5").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CTXS=${1:-"4096 16384 32768"}
@@ -41,6 +42,9 @@ declare -A SET=(
   [window+sinks-eqmem]="$MODEL|--kv-window $WEQ --kv-sinks $S"
   [summary]="$SUM|${win[*]}"
   [summary-log]="$SUM|${win[*]} --kv-summary-log-count"
+  [summary-pos]="$SUM|${win[*]} --kv-summary-keys true-pos"
+  [summary-pos-log]="$SUM|${win[*]} --kv-summary-keys true-pos --kv-summary-log-count"
+  [summary-custom]="$SUM|${win[*]} ${SUMFLAGS:-}"
   [summary-roundrobin]="$MODEL|${win[*]} --kv-summary $M --kv-summary-assign round-robin --kv-summary-log-count"
   [summary-recency]="$MODEL|${win[*]} --kv-summary $M --kv-summary-assign recency --kv-summary-log-count"
 )

@@ -6,7 +6,7 @@ use dsrun::engine::{layer_windows, Session};
 use dsrun::gguf::GgufHeader;
 use dsrun::model::kv_cache::{kv_bytes, parse_kv_type};
 use dsrun::model::kv_summary::KvSummary;
-use dsrun::model::kv_window::{Assign, SinkPos, StreamConfig, SummaryConfig};
+use dsrun::model::kv_window::{Assign, SinkPos, SlotKeys, StreamConfig, SummaryConfig};
 use dsrun::model::HParams;
 use dsrun::model::KvTypes;
 use std::sync::Arc;
@@ -33,9 +33,16 @@ pub struct KvArgs {
     /// How a leaving token picks its slot: learned (nearest centroid), round-robin or recency
     #[arg(long = "kv-summary-assign", default_value = "learned", hide = true)]
     pub kv_summary_assign: String,
-    /// Add ln(count) to the summary slots' scores (measured worse; for measurements)
+    /// Add ln(count) to the summary slots' scores (= --kv-summary-log-weight 1; for measurements)
     #[arg(long = "kv-summary-log-count", hide = true)]
     pub kv_summary_log_count: bool,
+    /// Add A·ln(count) to the summary slots' scores (for measurements)
+    #[arg(long = "kv-summary-log-weight", value_name = "A", hide = true)]
+    pub kv_summary_log_weight: Option<f32>,
+    /// A slot's key: window (mean pre-RoPE key at distance W) or true-pos (mean key after RoPE
+    /// at the absorbed tokens' own positions)
+    #[arg(long = "kv-summary-keys", default_value = "window", hide = true)]
+    pub kv_summary_keys: String,
     /// Where sinks sit for queries past the window: cache (StreamingLLM) or absolute
     #[arg(long = "kv-sink-pos", default_value = "cache", hide = true)]
     pub kv_sink_pos: String,
@@ -74,6 +81,25 @@ impl KvArgs {
                 )))
             }
         };
+        let log_weight = match (self.kv_summary_log_weight, self.kv_summary_log_count) {
+            (Some(a), _) if !a.is_finite() => {
+                return Err(bad(format!(
+                    "--kv-summary-log-weight {a}: expected a finite number"
+                )))
+            }
+            (Some(a), _) => a,
+            (None, true) => 1.0,
+            (None, false) => 0.0,
+        };
+        let keys = match self.kv_summary_keys.as_str() {
+            "window" => SlotKeys::Window,
+            "true-pos" => SlotKeys::TruePos,
+            o => {
+                return Err(bad(format!(
+                    "--kv-summary-keys {o:?}: expected window or true-pos"
+                )))
+            }
+        };
         let learned = KvSummary::from_gguf(file, hp.n_layer, hp.n_head_kv, hp.head_dim)?;
         let summary = match (self.kv_summary_assign.as_str(), self.kv_summary) {
             (_, Some(0)) => None,
@@ -95,7 +121,8 @@ impl KvArgs {
                 (Some(l), _) => Some(SummaryConfig {
                     n_slot: l.n_slot,
                     assign: Assign::Centroids(Arc::new(l.centroids)),
-                    log_count: self.kv_summary_log_count,
+                    log_weight,
+                    keys,
                 }),
             },
             (name, m) => {
@@ -114,7 +141,8 @@ impl KvArgs {
                 Some(SummaryConfig {
                     n_slot: m,
                     assign,
-                    log_count: self.kv_summary_log_count,
+                    log_weight,
+                    keys,
                 })
             }
         };
@@ -234,7 +262,11 @@ fn describe_stream(hp: &HParams, n_ctx: usize, types: KvTypes, c: &StreamConfig)
                 Assign::RoundRobin => "round-robin",
                 Assign::Recency => "recency",
             },
-            if s.log_count { " (+ ln count)" } else { "" }
+            match (s.log_weight, s.keys) {
+                (0.0, SlotKeys::Window) => String::new(),
+                (a, SlotKeys::Window) => format!(" (+ {a} ln count)"),
+                (a, SlotKeys::TruePos) => format!(" (+ {a} ln count, keys at their positions)"),
+            }
         ),
     };
     let native_txt = if native > 0 {

@@ -6,7 +6,7 @@ use super::reference::reference_attention;
 use super::rope::{rotated, unrope};
 use super::simd::{axpy, dot};
 use super::summary::{slot_of, snapshot, Snapshot};
-use super::{SinkPos, StreamConfig, StreamInput};
+use super::{SinkPos, SlotKeys, StreamConfig, StreamInput};
 use crate::model::kv_cache::{hadamard_blocks, KvCache};
 
 /// Attention of one batch of a stream layer `il`; stores the batch's K/V (sinks, ring) and
@@ -113,7 +113,7 @@ pub(crate) fn attend(kv: &mut KvCache, il: usize, inp: &StreamInput, out: &mut [
     let mut snap_of = vec![0usize; n];
     if let Some(sc) = &cfg.summary {
         let st = kv.stream_layer(il);
-        snaps.push(snapshot(st, sc.log_count, hd));
+        snaps.push(snapshot(st, sc.log_weight, hd));
         for (t, so) in snap_of.iter_mut().enumerate() {
             let p = p0 + t;
             if p >= w && p - w >= s_n {
@@ -127,16 +127,19 @@ pub(crate) fn attend(kv: &mut KvCache, il: usize, inp: &StreamInput, out: &mut [
                 if let Some(b) = rot_v {
                     hadamard_blocks(&mut val, b);
                 }
+                // Slots are chosen by the pre-RoPE key; they sum it, or the key after RoPE.
+                let abs_key = (sc.keys == SlotKeys::TruePos).then(|| key.clone());
                 unrope(inp.rope, &mut key, hd, j);
                 for g in 0..inp.n_head_kv {
                     let kh = &key[g * hd..(g + 1) * hd];
                     let m = slot_of(sc, &cfg, il, g, inp.n_head_kv, j, kh);
                     let at = (g * sc.n_slot + m) * hd;
-                    axpy(&mut st.sum_k[at..at + hd], 1.0, kh);
+                    let ks = abs_key.as_ref().map_or(kh, |a| &a[g * hd..(g + 1) * hd]);
+                    axpy(&mut st.sum_k[at..at + hd], 1.0, ks);
                     axpy(&mut st.sum_v[at..at + hd], 1.0, &val[g * hd..(g + 1) * hd]);
                     st.count[g * sc.n_slot + m] += 1.0;
                 }
-                snaps.push(snapshot(st, sc.log_count, hd));
+                snaps.push(snapshot(st, sc.log_weight, hd));
             }
             *so = snaps.len() - 1;
         }
@@ -159,12 +162,14 @@ pub(crate) fn attend(kv: &mut KvCache, il: usize, inp: &StreamInput, out: &mut [
             rotated(inp.rope, &inp.q[t * q_dim..(t + 1) * q_dim], hd, p)
         })
         .collect();
-    let q_sum: Vec<f32> = if cfg.summary.is_some() {
-        (0..n)
+    let q_sum: Vec<f32> = match cfg.summary.as_ref().map(|s| s.keys) {
+        None => Vec::new(),
+        Some(SlotKeys::Window) => (0..n)
             .flat_map(|t| rotated(inp.rope, &inp.q[t * q_dim..(t + 1) * q_dim], hd, w))
-            .collect()
-    } else {
-        Vec::new()
+            .collect(),
+        Some(SlotKeys::TruePos) => (0..n)
+            .flat_map(|t| rotated(inp.rope, &inp.q[t * q_dim..(t + 1) * q_dim], hd, p0 + t))
+            .collect(),
     };
 
     let st = kv.stream_layer(il);

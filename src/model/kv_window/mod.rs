@@ -61,13 +61,27 @@ pub enum Assign {
     Recency,
 }
 
+/// What a slot's key is and where the query meets it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SlotKeys {
+    /// The mean of the absorbed pre-RoPE keys, placed at distance `W` from the query.
+    #[default]
+    Window,
+    /// The mean of the absorbed keys after RoPE at their own positions, met by the query at
+    /// its own position: `q · mean` is the mean of the absorbed keys' scores at their true
+    /// distances (high-frequency dimensions average out as they would).
+    TruePos,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct SummaryConfig {
     /// Slots per layer and KV head.
     pub n_slot: usize,
     pub assign: Assign,
-    /// Add `ln(count)` to a slot's score.
-    pub log_count: bool,
+    /// `α` of the `α · ln(count)` added to a slot's score: 0 reads a slot as one token with
+    /// the mean key, 1 as `count` tokens with that key.
+    pub log_weight: f32,
+    pub keys: SlotKeys,
 }
 
 /// The window, sinks and summary settings (`KvConfig`'s streaming part).

@@ -3,8 +3,8 @@
 use super::attend::sink_query_pos;
 use super::rope::rotated;
 use super::simd::axpy;
-use super::summary::slot_of;
-use super::{StreamConfig, StreamInput};
+use super::summary::{slot_bias, slot_of};
+use super::{SlotKeys, StreamConfig, StreamInput};
 
 /// Windowed attention recomputed explicitly: for each query at `p` (the batch's positions
 /// `pos0..`), the cache's keys are listed with their positions in the cache (sinks at
@@ -30,9 +30,11 @@ pub fn reference_attention(
         let p = inp.pos0 + t;
         let qp = sink_query_pos(cfg, p);
         let q = rotated(inp.rope, &inp.q[t * q_dim..(t + 1) * q_dim], hd, qp + off);
+        let q_abs = rotated(inp.rope, &inp.q[t * q_dim..(t + 1) * q_dim], hd, p);
         for h in 0..inp.n_head {
             let g = h / group;
-            let mut keys: Vec<(Vec<f32>, Vec<f32>, f32)> = Vec::new();
+            // (key, value, score bias, met by the query at its own position)
+            let mut keys: Vec<(Vec<f32>, Vec<f32>, f32, bool)> = Vec::new();
             let head =
                 |x: &[f32], j: usize| x[j * kv_dim + g * hd..j * kv_dim + (g + 1) * hd].to_vec();
             for s in 0..s_n.min(p + 1) {
@@ -40,6 +42,7 @@ pub fn reference_attention(
                     rotated(inp.rope, &head(hk, s), hd, s + off),
                     head(hv, s),
                     0.0,
+                    false,
                 ));
             }
             if let Some(sc) = &cfg.summary {
@@ -49,7 +52,11 @@ pub fn reference_attention(
                 for j in s_n..(p + 1).saturating_sub(w) {
                     let kh = head(hk, j);
                     let a = slot_of(sc, cfg, il, g, inp.n_head_kv, j, &kh);
-                    axpy(&mut sk[a * hd..(a + 1) * hd], 1.0, &kh);
+                    let ks = match sc.keys {
+                        SlotKeys::Window => kh,
+                        SlotKeys::TruePos => rotated(inp.rope, &kh, hd, j),
+                    };
+                    axpy(&mut sk[a * hd..(a + 1) * hd], 1.0, &ks);
                     axpy(&mut sv[a * hd..(a + 1) * hd], 1.0, &head(hv, j));
                     cnt[a] += 1;
                 }
@@ -57,18 +64,31 @@ pub fn reference_attention(
                     let c = cnt[a] as f32;
                     let mk: Vec<f32> = sk[a * hd..(a + 1) * hd].iter().map(|x| x / c).collect();
                     let mv: Vec<f32> = sv[a * hd..(a + 1) * hd].iter().map(|x| x / c).collect();
-                    let bias = if sc.log_count { c.ln() } else { 0.0 };
-                    keys.push((rotated(inp.rope, &mk, hd, qp + off - w), mv, bias));
+                    let bias = slot_bias(sc.log_weight, c);
+                    keys.push(match sc.keys {
+                        SlotKeys::Window => {
+                            (rotated(inp.rope, &mk, hd, qp + off - w), mv, bias, false)
+                        }
+                        SlotKeys::TruePos => (mk, mv, bias, true),
+                    });
                 }
             }
             for j in s_n.max((p + 1).saturating_sub(w))..=p {
                 let kp = qp + off - (p - j);
-                keys.push((rotated(inp.rope, &head(hk, j), hd, kp), head(hv, j), 0.0));
+                keys.push((
+                    rotated(inp.rope, &head(hk, j), hd, kp),
+                    head(hv, j),
+                    0.0,
+                    false,
+                ));
             }
-            let qh = &q[h * hd..(h + 1) * hd];
             let scores: Vec<f32> = keys
                 .iter()
-                .map(|(k, _, b)| qh.iter().zip(k).map(|(a, c)| a * c).sum::<f32>() * inp.scale + b)
+                .map(|(k, _, b, abs)| {
+                    let qh = if *abs { &q_abs } else { &q };
+                    let qh = &qh[h * hd..(h + 1) * hd];
+                    qh.iter().zip(k).map(|(a, c)| a * c).sum::<f32>() * inp.scale + b
+                })
                 .collect();
             let head_sink = inp.head_sinks.map(|s| s[h]);
             let mx = scores
@@ -80,7 +100,7 @@ pub fn reference_attention(
                 + head_sink.map_or(0.0, |x| (x - mx).exp());
             let o = &mut out[(t * inp.n_head + h) * hd..(t * inp.n_head + h + 1) * hd];
             o.iter_mut().for_each(|x| *x = 0.0);
-            for (s, (_, v, _)) in scores.iter().zip(&keys) {
+            for (s, (_, v, _, _)) in scores.iter().zip(&keys) {
                 axpy(o, (s - mx).exp() / total, v);
             }
         }

@@ -41,16 +41,18 @@ pub(super) struct Snapshot {
     pub bias: Vec<f32>,
 }
 
-pub(super) fn snapshot(st: &StreamLayer, log_count: bool, head_dim: usize) -> Snapshot {
+pub(super) fn snapshot(st: &StreamLayer, log_weight: f32, head_dim: usize) -> Snapshot {
     let mut k = st.sum_k.clone();
     let mut v = st.sum_v.clone();
     let bias = st
         .count
         .iter()
-        .map(|&c| match (c > 0.0, log_count) {
-            (false, _) => f32::NEG_INFINITY,
-            (true, true) => c.ln(),
-            (true, false) => 0.0,
+        .map(|&c| {
+            if c > 0.0 {
+                slot_bias(log_weight, c)
+            } else {
+                f32::NEG_INFINITY
+            }
         })
         .collect();
     for (i, &c) in st.count.iter().enumerate() {
@@ -60,4 +62,13 @@ pub(super) fn snapshot(st: &StreamLayer, log_count: bool, head_dim: usize) -> Sn
         v[r].iter_mut().for_each(|x| *x *= inv);
     }
     Snapshot { k, v, bias }
+}
+
+/// The score bias of a slot standing for `count` tokens.
+pub(super) fn slot_bias(log_weight: f32, count: f32) -> f32 {
+    if log_weight == 0.0 {
+        0.0
+    } else {
+        log_weight * count.ln()
+    }
 }

@@ -91,17 +91,26 @@ fn fast_path_equals_reference() {
         Some(SummaryConfig {
             n_slot: 3,
             assign: Assign::Centroids(cents),
-            log_count: true,
+            log_weight: 0.5,
+            keys: SlotKeys::TruePos,
+        }),
+        Some(SummaryConfig {
+            n_slot: 5,
+            assign: Assign::RoundRobin,
+            log_weight: 1.0,
+            keys: SlotKeys::TruePos,
         }),
         Some(SummaryConfig {
             n_slot: 4,
             assign: Assign::RoundRobin,
-            log_count: false,
+            log_weight: 0.0,
+            keys: SlotKeys::Window,
         }),
         Some(SummaryConfig {
             n_slot: 2,
             assign: Assign::Recency,
-            log_count: true,
+            log_weight: 1.0,
+            keys: SlotKeys::Window,
         }),
     ];
     let q8 = KvTypes {
