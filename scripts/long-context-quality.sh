@@ -41,14 +41,14 @@ declare -A SET=(
   [window+sinks-abs]="$MODEL|${win[*]} --kv-sink-pos absolute"
   [window+sinks-eqmem]="$MODEL|--kv-window $WEQ --kv-sinks $S"
   [summary]="$SUM|${win[*]}"
-  [summary-log]="$SUM|${win[*]} --kv-summary-log-count"
-  [summary-pos]="$SUM|${win[*]} --kv-summary-keys true-pos"
-  [summary-pos-log]="$SUM|${win[*]} --kv-summary-keys true-pos --kv-summary-log-count"
+  [summary-nolog]="$SUM|${win[*]} --kv-summary-log-weight 0"
+  [summary-window]="$SUM|${win[*]} --kv-summary-keys window --kv-summary-log-weight 0"
+  [summary-window-log]="$SUM|${win[*]} --kv-summary-keys window"
   [summary-custom]="$SUM|${win[*]} ${SUMFLAGS:-}"
-  [summary-roundrobin]="$MODEL|${win[*]} --kv-summary $M --kv-summary-assign round-robin --kv-summary-log-count"
-  [summary-recency]="$MODEL|${win[*]} --kv-summary $M --kv-summary-assign recency --kv-summary-log-count"
+  [summary-roundrobin]="$MODEL|${win[*]} --kv-summary $M --kv-summary-assign round-robin"
+  [summary-recency]="$MODEL|${win[*]} --kv-summary $M --kv-summary-assign recency"
 )
-ORDER="full window+sinks-eqmem summary window+sinks window summary-log summary-roundrobin summary-recency q8_0 q4_0 window+sinks-abs"
+ORDER="full window+sinks-eqmem summary window+sinks window summary-nolog summary-window summary-window-log summary-roundrobin summary-recency q8_0 q4_0 window+sinks-abs"
 SETTINGS=${2:-$ORDER}
 FILLER="The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
 
@@ -80,7 +80,7 @@ for c in $CTXS; do
       tried=$((tried + 1))
       if [[ "$ans" == *"$key"* ]]; then found=$((found + 1)); got+=" $d:yes"; else got+=" $d:no"; fi
     done
-    kv=$(grep -o 'KV cache: .*' "$DIR/ppl-$name-$c.log" | head -1 | sed 's/.*, \([0-9.]* MiB\) .*/\1/')
+    kv=$(grep -o 'KV cache: .*' "$DIR/ppl-$name-$c.log" | head -1 | sed 's/.*, \([0-9.]* MiB\) .*/\1/' || true)
     echo "ctx $c | $name | ${ppl#PPL = } | passkey $found/$tried ($got ) | KV $kv" | tee -a "$OUT"
   done
 done

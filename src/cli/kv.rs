@@ -33,15 +33,18 @@ pub struct KvArgs {
     /// How a leaving token picks its slot: learned (nearest centroid), round-robin or recency
     #[arg(long = "kv-summary-assign", default_value = "learned", hide = true)]
     pub kv_summary_assign: String,
-    /// Add ln(count) to the summary slots' scores (= --kv-summary-log-weight 1; for measurements)
-    #[arg(long = "kv-summary-log-count", hide = true)]
-    pub kv_summary_log_count: bool,
-    /// Add A·ln(count) to the summary slots' scores (for measurements)
-    #[arg(long = "kv-summary-log-weight", value_name = "A", hide = true)]
-    pub kv_summary_log_weight: Option<f32>,
-    /// A slot's key: window (mean pre-RoPE key at distance W) or true-pos (mean key after RoPE
-    /// at the absorbed tokens' own positions)
-    #[arg(long = "kv-summary-keys", default_value = "window", hide = true)]
+    /// A·ln(count) is added to a summary slot's score (1: a slot of n tokens weighs as n tokens;
+    /// for measurements)
+    #[arg(
+        long = "kv-summary-log-weight",
+        value_name = "A",
+        default_value_t = 1.0,
+        hide = true
+    )]
+    pub kv_summary_log_weight: f32,
+    /// A slot's key: true-pos (the mean of the absorbed keys after RoPE at their own positions)
+    /// or window (the mean pre-RoPE key placed at distance W; for measurements)
+    #[arg(long = "kv-summary-keys", default_value = "true-pos", hide = true)]
     pub kv_summary_keys: String,
     /// Where sinks sit for queries past the window: cache (StreamingLLM) or absolute
     #[arg(long = "kv-sink-pos", default_value = "cache", hide = true)]
@@ -81,16 +84,12 @@ impl KvArgs {
                 )))
             }
         };
-        let log_weight = match (self.kv_summary_log_weight, self.kv_summary_log_count) {
-            (Some(a), _) if !a.is_finite() => {
-                return Err(bad(format!(
-                    "--kv-summary-log-weight {a}: expected a finite number"
-                )))
-            }
-            (Some(a), _) => a,
-            (None, true) => 1.0,
-            (None, false) => 0.0,
-        };
+        let log_weight = self.kv_summary_log_weight;
+        if !log_weight.is_finite() {
+            return Err(bad(format!(
+                "--kv-summary-log-weight {log_weight}: expected a finite number"
+            )));
+        }
         let keys = match self.kv_summary_keys.as_str() {
             "window" => SlotKeys::Window,
             "true-pos" => SlotKeys::TruePos,
@@ -262,10 +261,10 @@ fn describe_stream(hp: &HParams, n_ctx: usize, types: KvTypes, c: &StreamConfig)
                 Assign::RoundRobin => "round-robin",
                 Assign::Recency => "recency",
             },
-            match (s.log_weight, s.keys) {
-                (0.0, SlotKeys::Window) => String::new(),
-                (a, SlotKeys::Window) => format!(" (+ {a} ln count)"),
-                (a, SlotKeys::TruePos) => format!(" (+ {a} ln count, keys at their positions)"),
+            match (s.keys, s.log_weight) {
+                (SlotKeys::TruePos, 1.0) => String::new(),
+                (SlotKeys::TruePos, a) => format!(" ({a}·ln count)"),
+                (SlotKeys::Window, a) => format!(" (keys at distance W, {a}·ln count)"),
             }
         ),
     };

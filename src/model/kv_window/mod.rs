@@ -5,17 +5,27 @@
 //! - the sinks: the first `S` tokens, kept in f32 (K after RoPE at their own positions);
 //! - the window: positions `max(S, p + 1 - W) ..= p`, kept in a ring of `W` rows of the cache's
 //!   type (K after RoPE at its absolute position, so `q · k` sees the true distance);
-//! - with a summary, per KV head `M` slots: each holds the sum and count of the (pre-RoPE) keys
-//!   and values of the tokens that left the window and were assigned to it; attention sees the
-//!   mean key and value, and adds `ln(count)` to the slot's score so that a slot standing for `n`
-//!   tokens weighs like `n` tokens with that key.
+//! - with a summary, per KV head `M` slots: a token leaving the window joins the slot whose
+//!   learned centroid is nearest its pre-RoPE key; the slot holds the sums and the count of the
+//!   keys *after RoPE at their own positions* and of the values. Attention sees the mean key,
+//!   met by the query at its own absolute position, so `q · mean` is the mean of the absorbed
+//!   keys' scores at their true distances (the high-frequency dimensions of keys from many
+//!   positions average out, as they do in full attention), plus `ln(count)`, so that a slot
+//!   standing for `n` tokens weighs like `n` tokens with that score (by Jensen, never more than
+//!   those tokens' own weight); its value is the mean value.
 //!
-//! Positions follow StreamingLLM (the positions within the cache): the query sits at
-//! `min(p, S + W - 1)` for the sinks, so a sink never looks further away than `S + W - 1`, and
-//! the summary's mean keys sit at distance `W`, just past the window. RoPE rotations compose,
-//! so rather than turning every stored key to a new position, the query is turned once per
-//! group of keys (`R(a) q · R(b) k = R(a - b) q · k`). Until the window fills (`p < S + W`),
-//! every distance is the true one and the result is full attention.
+//! Positions follow StreamingLLM (the positions within the cache) for the sinks: the query sits
+//! at `min(p, S + W - 1)` for them, so a sink never looks further away than `S + W - 1`.
+//! RoPE rotations compose, so rather than turning every stored key to a new position, the query
+//! is turned once per group of keys (`R(a) q · R(b) k = R(a - b) q · k`). Until the window
+//! fills (`p < S + W`), every distance is the true one and the result is full attention.
+//!
+//! What was measured for the summary (README, long-context section; SmolLM2, Emma): the first
+//! design (`SlotKeys::Window`: the mean *pre-RoPE* key placed at distance `W`, no weight) lost to
+//! window + sinks at equal memory, and `ln(count)` made it worse, because the mean pre-RoPE key
+//! keeps high-frequency parts that real distant keys do not show; keys at their true positions
+//! with `ln(count)` win. Weights 0.5 and 1.5 instead of 1, and round-robin or recency slots
+//! instead of learned ones, were worse. The alternatives stay, behind hidden flags.
 //!
 //! [`reference_attention`] recomputes the same thing from every token's raw K/V with each key
 //! explicitly rotated to its position in the cache; tests hold the fast path to it.
