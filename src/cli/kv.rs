@@ -6,7 +6,9 @@ use dsrun::engine::{layer_windows, Session};
 use dsrun::gguf::GgufHeader;
 use dsrun::model::kv_cache::{kv_bytes, parse_kv_type};
 use dsrun::model::kv_summary::KvSummary;
-use dsrun::model::kv_window::{Assign, SinkPos, SlotKeys, StreamConfig, SummaryConfig};
+use dsrun::model::kv_window::{
+    Assign, SinkPos, SlotKeys, StreamConfig, SummaryConfig, DEFAULT_LOG_WEIGHT,
+};
 use dsrun::model::HParams;
 use dsrun::model::KvTypes;
 use std::sync::Arc;
@@ -33,12 +35,12 @@ pub struct KvArgs {
     /// How a leaving token picks its slot: learned (nearest centroid), round-robin or recency
     #[arg(long = "kv-summary-assign", default_value = "learned", hide = true)]
     pub kv_summary_assign: String,
-    /// A·ln(count) is added to a summary slot's score (1: a slot of n tokens weighs as n tokens;
-    /// for measurements)
+    /// A·ln(count) is added to a summary slot's score (1: a slot of n tokens weighs as n tokens
+    /// with the mean score; for measurements)
     #[arg(
         long = "kv-summary-log-weight",
         value_name = "A",
-        default_value_t = 1.0,
+        default_value_t = DEFAULT_LOG_WEIGHT,
         hide = true
     )]
     pub kv_summary_log_weight: f32,
@@ -262,7 +264,7 @@ fn describe_stream(hp: &HParams, n_ctx: usize, types: KvTypes, c: &StreamConfig)
                 Assign::Recency => "recency",
             },
             match (s.keys, s.log_weight) {
-                (SlotKeys::TruePos, 1.0) => String::new(),
+                (SlotKeys::TruePos, DEFAULT_LOG_WEIGHT) => String::new(),
                 (SlotKeys::TruePos, a) => format!(" ({a}·ln count)"),
                 (SlotKeys::Window, a) => format!(" (keys at distance W, {a}·ln count)"),
             }
