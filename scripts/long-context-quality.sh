@@ -2,7 +2,9 @@
 # Quality of the long-context settings: perplexity on a novel (Emma) and passkey retrieval (a
 # five-digit number hidden at several depths of filler text), for the full cache, quantized
 # caches, a window, window + sinks (also at the summary's memory), and window + sinks + summary
-# (learned centroids, and the alternatives: with ln(count), round-robin and recency slots).
+# (learned centroids, keys at their own positions, 1.25·ln(count); and the alternatives: no
+# ln(count), the first design's keys at distance W with and without it, round-robin and recency
+# slots; summary-custom takes SUMFLAGS).
 #
 # Usage: scripts/long-context-quality.sh [CTXS] [SETTINGS]
 #   CTXS      contexts in tokens (default "4096 16384 32768"; perplexity scores the second half
