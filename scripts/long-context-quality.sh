@@ -2,14 +2,17 @@
 # Quality of the long-context settings: perplexity on a novel (Emma) and passkey retrieval (a
 # five-digit number hidden at several depths of filler text), for the full cache, quantized
 # caches, a window, window + sinks (also at the summary's memory), and window + sinks + summary
-# (learned centroids, and the alternatives: with ln(count), round-robin and recency slots).
+# (learned centroids, keys at their own positions, 1.25·ln(count); and the alternatives: no
+# ln(count), the first design's keys at distance W with and without it, round-robin and recency
+# slots; summary-custom takes SUMFLAGS).
 #
 # Usage: scripts/long-context-quality.sh [CTXS] [SETTINGS]
 #   CTXS      contexts in tokens (default "4096 16384 32768"; perplexity scores the second half
 #             of each chunk, so every scored token sees at least CTX/2 tokens before it)
 #   SETTINGS  names from the table below (default: all)
 # Environment: MODEL, TEXT, CHUNKS (1), W (window, 512), S (sinks, 4), M (summary slots, 64),
-#   DEPTHS ("0.1 0.5 0.9"; "" skips the passkey test), THREADS, CALIB (calibration text), OUT (results, appended).
+#   DEPTHS ("0.1 0.5 0.9"; "" skips the passkey test), THREADS, CALIB (calibration text), OUT (results, appended),
+#   SUMFLAGS (extra flags of the setting summary-custom, e.g. "--kv-summary-log-weight 0.5").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CTXS=${1:-"4096 16384 32768"}
@@ -40,11 +43,14 @@ declare -A SET=(
   [window+sinks-abs]="$MODEL|${win[*]} --kv-sink-pos absolute"
   [window+sinks-eqmem]="$MODEL|--kv-window $WEQ --kv-sinks $S"
   [summary]="$SUM|${win[*]}"
-  [summary-log]="$SUM|${win[*]} --kv-summary-log-count"
-  [summary-roundrobin]="$MODEL|${win[*]} --kv-summary $M --kv-summary-assign round-robin --kv-summary-log-count"
-  [summary-recency]="$MODEL|${win[*]} --kv-summary $M --kv-summary-assign recency --kv-summary-log-count"
+  [summary-nolog]="$SUM|${win[*]} --kv-summary-log-weight 0"
+  [summary-window]="$SUM|${win[*]} --kv-summary-keys window --kv-summary-log-weight 0"
+  [summary-window-log]="$SUM|${win[*]} --kv-summary-keys window"
+  [summary-custom]="$SUM|${win[*]} ${SUMFLAGS:-}"
+  [summary-roundrobin]="$MODEL|${win[*]} --kv-summary $M --kv-summary-assign round-robin"
+  [summary-recency]="$MODEL|${win[*]} --kv-summary $M --kv-summary-assign recency"
 )
-ORDER="full window+sinks-eqmem summary window+sinks window summary-log summary-roundrobin summary-recency q8_0 q4_0 window+sinks-abs"
+ORDER="full window+sinks-eqmem summary window+sinks window summary-nolog summary-window summary-window-log summary-roundrobin summary-recency q8_0 q4_0 window+sinks-abs"
 SETTINGS=${2:-$ORDER}
 FILLER="The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
 
@@ -76,7 +82,7 @@ for c in $CTXS; do
       tried=$((tried + 1))
       if [[ "$ans" == *"$key"* ]]; then found=$((found + 1)); got+=" $d:yes"; else got+=" $d:no"; fi
     done
-    kv=$(grep -o 'KV cache: .*' "$DIR/ppl-$name-$c.log" | head -1 | sed 's/.*, \([0-9.]* MiB\) .*/\1/')
+    kv=$(grep -o 'KV cache: .*' "$DIR/ppl-$name-$c.log" | head -1 | sed 's/.*, \([0-9.]* MiB\) .*/\1/' || true)
     echo "ctx $c | $name | ${ppl#PPL = } | passkey $found/$tried ($got ) | KV $kv" | tee -a "$OUT"
   done
 done

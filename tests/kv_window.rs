@@ -12,7 +12,7 @@ mod common;
 
 use dsrun::engine::{Model, Session};
 use dsrun::gguf::GgufFile;
-use dsrun::model::kv_window::{Assign, SinkPos, StreamConfig, SummaryConfig};
+use dsrun::model::kv_window::{Assign, SinkPos, SlotKeys, StreamConfig, SummaryConfig};
 use dsrun::model::KvTypes;
 use dsrun::sampling::argmax;
 use std::sync::Arc;
@@ -131,12 +131,14 @@ fn window_sinks_and_summary_match_the_reference_path() {
         Some(SummaryConfig {
             n_slot: m,
             assign: Assign::Centroids(Arc::new(cents)),
-            log_count: true,
+            log_weight: 1.0,
+            keys: SlotKeys::Window,
         }),
         Some(SummaryConfig {
             n_slot: 4,
             assign: Assign::RoundRobin,
-            log_count: false,
+            log_weight: 0.0,
+            keys: SlotKeys::TruePos,
         }),
     ];
     for summary in summaries {

@@ -127,6 +127,14 @@ fn window_sinks_and_learned_summary_from_the_command_line() {
             &["--kv-window", "16", "--kv-sink-pos", "far"][..],
             "cache or absolute",
         ),
+        (
+            &["--kv-window", "16", "--kv-summary-keys", "near"][..],
+            "window or true-pos",
+        ),
+        (
+            &["--kv-window", "16", "--kv-summary-log-weight", "inf"][..],
+            "finite",
+        ),
     ] {
         let mut a = vec!["run", "-m", m, "-n", "1"];
         a.extend_from_slice(args);

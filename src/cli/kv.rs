@@ -6,7 +6,9 @@ use dsrun::engine::{layer_windows, Session};
 use dsrun::gguf::GgufHeader;
 use dsrun::model::kv_cache::{kv_bytes, parse_kv_type};
 use dsrun::model::kv_summary::KvSummary;
-use dsrun::model::kv_window::{Assign, SinkPos, StreamConfig, SummaryConfig};
+use dsrun::model::kv_window::{
+    Assign, SinkPos, SlotKeys, StreamConfig, SummaryConfig, DEFAULT_LOG_WEIGHT,
+};
 use dsrun::model::HParams;
 use dsrun::model::KvTypes;
 use std::sync::Arc;
@@ -33,9 +35,19 @@ pub struct KvArgs {
     /// How a leaving token picks its slot: learned (nearest centroid), round-robin or recency
     #[arg(long = "kv-summary-assign", default_value = "learned", hide = true)]
     pub kv_summary_assign: String,
-    /// Add ln(count) to the summary slots' scores (measured worse; for measurements)
-    #[arg(long = "kv-summary-log-count", hide = true)]
-    pub kv_summary_log_count: bool,
+    /// A·ln(count) is added to a summary slot's score (1: a slot of n tokens weighs as n tokens
+    /// with the mean score; for measurements)
+    #[arg(
+        long = "kv-summary-log-weight",
+        value_name = "A",
+        default_value_t = DEFAULT_LOG_WEIGHT,
+        hide = true
+    )]
+    pub kv_summary_log_weight: f32,
+    /// A slot's key: true-pos (the mean of the absorbed keys after RoPE at their own positions)
+    /// or window (the mean pre-RoPE key placed at distance W; for measurements)
+    #[arg(long = "kv-summary-keys", default_value = "true-pos", hide = true)]
+    pub kv_summary_keys: String,
     /// Where sinks sit for queries past the window: cache (StreamingLLM) or absolute
     #[arg(long = "kv-sink-pos", default_value = "cache", hide = true)]
     pub kv_sink_pos: String,
@@ -74,6 +86,21 @@ impl KvArgs {
                 )))
             }
         };
+        let log_weight = self.kv_summary_log_weight;
+        if !log_weight.is_finite() {
+            return Err(bad(format!(
+                "--kv-summary-log-weight {log_weight}: expected a finite number"
+            )));
+        }
+        let keys = match self.kv_summary_keys.as_str() {
+            "window" => SlotKeys::Window,
+            "true-pos" => SlotKeys::TruePos,
+            o => {
+                return Err(bad(format!(
+                    "--kv-summary-keys {o:?}: expected window or true-pos"
+                )))
+            }
+        };
         let learned = KvSummary::from_gguf(file, hp.n_layer, hp.n_head_kv, hp.head_dim)?;
         let summary = match (self.kv_summary_assign.as_str(), self.kv_summary) {
             (_, Some(0)) => None,
@@ -95,7 +122,8 @@ impl KvArgs {
                 (Some(l), _) => Some(SummaryConfig {
                     n_slot: l.n_slot,
                     assign: Assign::Centroids(Arc::new(l.centroids)),
-                    log_count: self.kv_summary_log_count,
+                    log_weight,
+                    keys,
                 }),
             },
             (name, m) => {
@@ -114,7 +142,8 @@ impl KvArgs {
                 Some(SummaryConfig {
                     n_slot: m,
                     assign,
-                    log_count: self.kv_summary_log_count,
+                    log_weight,
+                    keys,
                 })
             }
         };
@@ -234,7 +263,11 @@ fn describe_stream(hp: &HParams, n_ctx: usize, types: KvTypes, c: &StreamConfig)
                 Assign::RoundRobin => "round-robin",
                 Assign::Recency => "recency",
             },
-            if s.log_count { " (+ ln count)" } else { "" }
+            match (s.keys, s.log_weight) {
+                (SlotKeys::TruePos, DEFAULT_LOG_WEIGHT) => String::new(),
+                (SlotKeys::TruePos, a) => format!(" ({a}·ln count)"),
+                (SlotKeys::Window, a) => format!(" (keys at distance W, {a}·ln count)"),
+            }
         ),
     };
     let native_txt = if native > 0 {

@@ -1,0 +1,149 @@
+//! The fast path against the reference, with the cache poisoned.
+
+use super::*;
+use crate::kernels::rope::RopeKind;
+use crate::model::kv_cache::KvCache;
+use crate::model::KvTypes;
+use crate::rng::Rng;
+use crate::tensor::GgmlType;
+use std::sync::Arc;
+
+const N_HEAD: usize = 4;
+const N_HEAD_KV: usize = 2;
+const HD: usize = 64;
+
+fn rope() -> RopeParams {
+    RopeParams {
+        kind: RopeKind::Neox,
+        n_rot: HD,
+        freq_base: 10000.0,
+        freq_scale: 1.0,
+    }
+}
+
+/// Runs `n_tok` random tokens through one stream layer in batches of `batches` (cycled),
+/// with the cache poisoned; returns every token's output.
+fn run(cfg: &StreamConfig, types: KvTypes, batches: &[usize], n_tok: usize, seed: u64) -> Vec<f32> {
+    let kv_dim = N_HEAD_KV * HD;
+    let mut kv = KvCache::with_stream(
+        4096,
+        kv_dim,
+        types,
+        &[None],
+        Some((cfg.clone(), N_HEAD_KV, HD)),
+    )
+    .unwrap();
+    kv.poison();
+    let mut rng = Rng::new(seed);
+    let q = rng.vec(n_tok * N_HEAD * HD, 1.0);
+    let k = rng.vec(n_tok * kv_dim, 1.0);
+    let v = rng.vec(n_tok * kv_dim, 1.0);
+    let sinks = [0.3f32, -1.0, 0.0, 2.0];
+    let rope = rope();
+    let mut out = vec![0.0f32; n_tok * N_HEAD * HD];
+    let (mut at, mut i) = (0, 0);
+    while at < n_tok {
+        let n = batches[i % batches.len()].min(n_tok - at);
+        let inp = StreamInput {
+            q: &q[at * N_HEAD * HD..(at + n) * N_HEAD * HD],
+            k: &k[at * kv_dim..(at + n) * kv_dim],
+            v: &v[at * kv_dim..(at + n) * kv_dim],
+            n_head: N_HEAD,
+            n_head_kv: N_HEAD_KV,
+            head_dim: HD,
+            rope: &rope,
+            scale: 0.125,
+            head_sinks: Some(&sinks),
+            pos0: at,
+        };
+        attend(
+            &mut kv,
+            0,
+            &inp,
+            &mut out[at * N_HEAD * HD..(at + n) * N_HEAD * HD],
+        );
+        at += n;
+        i += 1;
+    }
+    out
+}
+
+fn max_err(a: &[f32], b: &[f32]) -> f32 {
+    assert!(
+        a.iter().chain(b).all(|x| x.is_finite()),
+        "NaN: an unwritten slot was read"
+    );
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+/// The fast path equals the explicit reference at every token (the first ones, the moment
+/// the window fills at S + W = 20, batches straddling it, 200 tokens), for each summary
+/// kind and cache type, whatever the batching, and never reads a poisoned slot.
+#[test]
+fn fast_path_equals_reference() {
+    let mut rng = Rng::new(9);
+    let cents = Arc::new(rng.vec(N_HEAD_KV * 3 * HD, 1.0));
+    let summaries = [
+        None,
+        Some(SummaryConfig {
+            n_slot: 3,
+            assign: Assign::Centroids(cents),
+            log_weight: 0.5,
+            keys: SlotKeys::TruePos,
+        }),
+        Some(SummaryConfig {
+            n_slot: 5,
+            assign: Assign::RoundRobin,
+            log_weight: 1.0,
+            keys: SlotKeys::TruePos,
+        }),
+        Some(SummaryConfig {
+            n_slot: 4,
+            assign: Assign::RoundRobin,
+            log_weight: 0.0,
+            keys: SlotKeys::Window,
+        }),
+        Some(SummaryConfig {
+            n_slot: 2,
+            assign: Assign::Recency,
+            log_weight: 1.0,
+            keys: SlotKeys::Window,
+        }),
+    ];
+    let q8 = KvTypes {
+        k: GgmlType::Q8_0,
+        v: GgmlType::Q4_0,
+    };
+    for types in [KvTypes::default(), q8] {
+        for sink_pos in [SinkPos::Cache, SinkPos::Absolute] {
+            for summary in summaries.clone() {
+                for sinks in [4, 0] {
+                    let mut cfg = StreamConfig {
+                        window: 16,
+                        sinks,
+                        sink_pos,
+                        summary: summary.clone(),
+                        reference: false,
+                    };
+                    let fast = run(&cfg, types, &[1, 2, 7, 13, 1, 40, 3], 200, 1);
+                    let one = run(&cfg, types, &[1], 200, 1);
+                    cfg.reference = true;
+                    let reference = run(&cfg, types, &[200], 200, 1);
+                    let what = format!(
+                        "{types:?} {sink_pos:?} S={sinks} {:?}",
+                        summary
+                            .as_ref()
+                            .map(|s| &s.assign)
+                            .map(|a| format!("{a:?}").chars().take(12).collect::<String>())
+                    );
+                    let e = max_err(&fast, &reference);
+                    assert!(e < 1e-4, "{what}: fast vs reference {e}");
+                    assert_eq!(fast, one, "{what}: batching changed the result");
+                }
+            }
+        }
+    }
+}
