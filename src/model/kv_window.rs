@@ -22,7 +22,7 @@
 
 use rayon::prelude::*;
 
-use crate::kernels::rope::{RopeKind, RopeParams};
+use crate::kernels::rope::RopeParams;
 
 use super::kv_cache::{hadamard_blocks, KvCache};
 
@@ -167,26 +167,7 @@ pub struct StreamInput<'a> {
 /// Rotates every head of `x` back from position `pos` (the inverse of `RopeParams::apply`,
 /// with the same angles).
 pub fn unrope(rope: &RopeParams, x: &mut [f32], head_dim: usize, pos: usize) {
-    let half = rope.n_rot / 2;
-    let theta_scale = rope.freq_base.powf(-2.0 / rope.n_rot as f32);
-    let mut theta = pos as f32;
-    let mut cs = Vec::with_capacity(half);
-    for _ in 0..half {
-        let t = theta * rope.freq_scale;
-        cs.push((t.cos(), t.sin()));
-        theta *= theta_scale;
-    }
-    for head in x.chunks_exact_mut(head_dim) {
-        for (i, &(c, s)) in cs.iter().enumerate() {
-            let (a, b) = match rope.kind {
-                RopeKind::Norm => (2 * i, 2 * i + 1),
-                RopeKind::Neox => (i, i + half),
-            };
-            let (x0, x1) = (head[a], head[b]);
-            head[a] = x0 * c + x1 * s;
-            head[b] = x1 * c - x0 * s;
-        }
-    }
+    rope.unapply(x, head_dim, pos);
 }
 
 fn rotated(rope: &RopeParams, x: &[f32], head_dim: usize, pos: usize) -> Vec<f32> {
@@ -505,9 +486,12 @@ pub(crate) fn attend(kv: &mut KvCache, il: usize, inp: &StreamInput, out: &mut [
             rotated(inp.rope, &inp.q[t * q_dim..(t + 1) * q_dim], hd, p)
         })
         .collect();
+    let mscale = inp.rope.mscale();
     let q_sum: Vec<f32> = if cfg.summary.is_some() {
         (0..n)
             .flat_map(|t| rotated(inp.rope, &inp.q[t * q_dim..(t + 1) * q_dim], hd, w))
+            // The means are plain keys: give them the magnitude a rotated key has (YaRN).
+            .map(|x| x * mscale)
             .collect()
     } else {
         Vec::new()
@@ -686,10 +670,11 @@ mod tests {
 
     fn rope() -> RopeParams {
         RopeParams {
-            kind: RopeKind::Neox,
+            kind: crate::kernels::rope::RopeKind::Neox,
             n_rot: HD,
             freq_base: 10000.0,
             freq_scale: 1.0,
+            yarn: crate::kernels::rope::Yarn::NONE,
         }
     }
 
