@@ -59,7 +59,7 @@ impl RopeArgs {
             (Some(n), _) => Some(1.0 / n),
             (None, s) => s,
         };
-        Ok(RopeOverrides {
+        let o = RopeOverrides {
             scaling,
             freq_base: self.rope_freq_base,
             freq_scale,
@@ -68,7 +68,9 @@ impl RopeArgs {
             yarn_attn_factor: self.yarn_attn_factor,
             yarn_beta_fast: self.yarn_beta_fast,
             yarn_beta_slow: self.yarn_beta_slow,
-        })
+        };
+        o.check()?;
+        Ok(o)
     }
 
     /// `hp` with the flags applied.

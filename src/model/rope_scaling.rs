@@ -135,7 +135,8 @@ impl RopeOverrides {
         *self == RopeOverrides::default()
     }
 
-    fn check(&self) -> Result<()> {
+    /// Every value in range (what `RopeScaling::resolve` checks first).
+    pub fn check(&self) -> Result<()> {
         let bad = |flag: &str, v: f32| {
             Error::Invalid(format!("{flag} {v}: expected a positive, finite number"))
         };

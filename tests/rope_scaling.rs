@@ -114,3 +114,44 @@ fn yarn_reaches_the_window_path() {
         assert!(d < 2.0 * noise.max(1e-3) && top1 >= 0.93, "{what}");
     }
 }
+
+/// The flags, as `dsrun info` shows them; bad values are one error line and nothing else.
+#[test]
+fn flags_show_in_info_and_bad_ones_are_one_line() {
+    let p = common::model(common::QWEN05);
+    let m = p.to_str().unwrap();
+    let out = common::dsrun(&[
+        "info",
+        m,
+        "--rope-scaling",
+        "yarn",
+        "--rope-scale",
+        "4",
+        "--yarn-orig-ctx",
+        "32768",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(
+        text.contains("dsrun rope:     yarn, base 1000000, freq scale 0.25 (factor 4), YaRN orig ctx 32768, ext 1"),
+        "{text}"
+    );
+    let out = common::dsrun(&["info", m, "--rope-scale", "2"]);
+    assert!(String::from_utf8_lossy(&out.stdout)
+        .contains("dsrun rope:     linear, base 1000000, freq scale 0.5"));
+    for bad in [
+        &["--rope-scaling", "longrope"][..],
+        &["--rope-scale", "0"],
+        &["--rope-freq-base=-5"],
+        &["--yarn-orig-ctx", "0"],
+        &["--yarn-beta-fast", "nan"],
+    ] {
+        let mut args = vec!["info", m];
+        args.extend_from_slice(bad);
+        let out = common::dsrun(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{bad:?}");
+        assert!(out.stdout.is_empty(), "{bad:?}: printed before failing");
+        assert_eq!(err.lines().count(), 1, "{bad:?}: {err}");
+    }
+}
