@@ -122,3 +122,70 @@ fn yarn_and_linear_match_llama_cpp() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// YaRN from the file's keys, as gpt-oss ships them (factor 32 over 4096), on the tiny
+/// random-weight gpt-oss (F32, sliding-window layers every other one, which keep the file's
+/// scaling in llama.cpp): the logits of 48 positions against llama.cpp within 1.5e-3 relative
+/// L2 and the same top-1. YaRN's magnitude (1 + 0.1 ln 32 on q and k: scores x1.81) sharpens
+/// these random attentions, so rounding shows more than without it (measured 2026-11-29: worst
+/// 8.5e-4 here, 1.6e-5 for the plain file in tests/moe_archs_vs_llamacpp.rs); a magnitude off
+/// by 0.1% either way measured 2.1e-3, the file without the keys 0.86.
+#[test]
+fn gpt_oss_yarn_from_metadata_matches_llama_cpp() {
+    use dsrun::engine::{Model, Session};
+    use dsrun::gguf::writer::GgufWriter;
+    use dsrun::gguf::Value;
+    use dsrun::synth::{self, presets};
+
+    let vocab = GgufFile::open(common::model(common::TINY_F16)).unwrap();
+    let spec = presets::tiny("gpt-oss").unwrap();
+    let plain = common::scratch("rope", "gpt-oss.gguf");
+    synth::write(&spec, &vocab, &plain, &synth::encode_dsrun).unwrap();
+    let src = GgufFile::open(&plain).unwrap();
+    let mut w = GgufWriter::new();
+    for (k, v) in &src.header().metadata {
+        w.set(k, v.clone());
+    }
+    w.set("gpt-oss.rope.scaling.type", Value::String("yarn".into()));
+    w.set("gpt-oss.rope.scaling.factor", Value::F32(32.0));
+    w.set(
+        "gpt-oss.rope.scaling.original_context_length",
+        Value::U32(4096),
+    );
+    let tensors = &src.header().tensors;
+    for t in tensors {
+        w.add_tensor(&t.name, t.ty, &t.dims);
+    }
+    let path = common::scratch("rope", "gpt-oss-yarn.gguf");
+    w.write_file(&path, |i| Ok(src.tensor_data(&tensors[i])?.to_vec()))
+        .unwrap();
+
+    let logits = |p: &std::path::Path| {
+        let file = GgufFile::open(p).unwrap();
+        let model = Model::load(&file).unwrap();
+        let mut ids = model.tokenizer.encode(PROMPT, true, false).unwrap();
+        ids.truncate(48);
+        let mut s = Session::new(&model, 128, 128).unwrap();
+        (ids.clone(), model.hp.n_vocab, s.eval_all(&ids).unwrap())
+    };
+    let (ids, nv, ours) = logits(&path);
+    let (_, _, unscaled) = logits(&plain);
+    let lm = LlamaModel::load(&path).unwrap();
+    let mut ctx = LlamaContext::new(&lm, 128, 128, 2).unwrap();
+    let li: Vec<i32> = ids.iter().map(|&t| t as i32).collect();
+    let theirs = ctx.eval(&li, true).unwrap();
+    let (mut worst, mut moved) = (0.0f64, 0.0f64);
+    for p in 0..ids.len() {
+        let r = p * nv..(p + 1) * nv;
+        worst = worst.max(rel_l2(&ours[r.clone()], &theirs[r.clone()]));
+        moved = moved.max(rel_l2(&unscaled[r.clone()], &theirs[r.clone()]));
+        assert_eq!(argmax(&ours[r.clone()]), argmax(&theirs[r]), "position {p}");
+    }
+    eprintln!(
+        "gpt-oss YaRN x32 over 4096: {} positions, worst rel. L2 {worst:.2e}; without the \
+         keys {moved:.2e}",
+        ids.len()
+    );
+    assert!(worst < 1.5e-3, "worst rel. L2 {worst}");
+    assert!(moved > 1e-1, "the keys should matter: {moved}");
+}

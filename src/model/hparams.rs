@@ -186,7 +186,7 @@ impl HParams {
         if self.arch.mla && rope.yarn.ext_factor != 0.0 {
             return Err(Error::metadata(
                 format!("{}.rope.scaling.type", self.arch.name),
-                "YaRN RoPE scaling is not supported yet for deepseek2",
+                "\"yarn\" RoPE scaling is not supported yet for deepseek2 (its YaRN attention scale)",
             ));
         }
         if rope.scaling == super::rope_scaling::RopeScalingType::Yarn
