@@ -2,6 +2,8 @@
 // step.pos0 + t; only the first n_rot dims of a head rotate. mode 0 rotates adjacent pairs
 // (x[2i], x[2i+1]) as ggml's "norm" RoPE, mode 2 rotates (x[i], x[i + n_rot/2]) as "neox".
 // theta_i = pos * base^(-2i/n_rot) by repeated multiplication, as ggml and the CPU path do.
+// YaRN as ggml's rope_yarn (ext_factor 0: plain or linear): the ramp over [corr_lo, corr_hi]
+// mixes interpolated and original angles, cos/sin times attn_factor * (1 + 0.1 ln(1/scale)).
 // One invocation per (token, head, pair).
 
 struct Params {
@@ -11,6 +13,10 @@ struct Params {
     mode: u32,
     freq_base: f32,
     freq_scale: f32,
+    ext_factor: f32,
+    attn_factor: f32,
+    corr_lo: f32,
+    corr_hi: f32,
 }
 
 struct Step {
@@ -37,9 +43,17 @@ fn rope(@builtin(global_invocation_id) gid: vec3<u32>) {
     for (var k = 0u; k < i; k++) {
         theta *= theta_scale;
     }
-    let t = theta * params.freq_scale;
-    let c = cos(t);
-    let s = sin(t);
+    let interp = params.freq_scale * theta;
+    var t = interp;
+    var mscale = params.attn_factor;
+    if (params.ext_factor != 0.0) {
+        let ramp = (f32(i) - params.corr_lo) / max(0.001, params.corr_hi - params.corr_lo);
+        let mix = (1.0 - clamp(ramp, 0.0, 1.0)) * params.ext_factor;
+        t = interp * (1.0 - mix) + theta * mix;
+        mscale *= 1.0 + 0.1 * log(1.0 / params.freq_scale);
+    }
+    let c = cos(t) * mscale;
+    let s = sin(t) * mscale;
     let base = (tok * params.n_head + head) * params.head_dim;
     var a = base + 2u * i;
     var b = a + 1u;

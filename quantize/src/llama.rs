@@ -146,6 +146,30 @@ impl std::ops::Deref for Vocab {
     }
 }
 
+/// RoPE scaling for a context, as llama_context_params holds it: 0 / -1 / `None` take the
+/// model's value.
+#[derive(Debug, Clone, Copy)]
+pub struct RopeOptions {
+    /// 0 none, 1 linear, 2 yarn (`enum llama_rope_scaling_type`).
+    pub scaling_type: Option<i32>,
+    pub freq_base: f32,
+    pub freq_scale: f32,
+    pub yarn_orig_ctx: u32,
+    pub yarn_ext_factor: f32,
+}
+
+impl Default for RopeOptions {
+    fn default() -> Self {
+        RopeOptions {
+            scaling_type: None,
+            freq_base: 0.0,
+            freq_scale: 0.0,
+            yarn_orig_ctx: 0,
+            yarn_ext_factor: -1.0,
+        }
+    }
+}
+
 /// An inference context: a KV cache of `n_ctx` tokens on one sequence.
 pub struct LlamaContext<'m> {
     ctx: *mut sys::llama_context,
@@ -187,7 +211,24 @@ impl<'m> LlamaContext<'m> {
         n_batch: u32,
         n_threads: i32,
         flash_attn: bool,
+        kv_types: (u32, u32),
+    ) -> Result<Self, String> {
+        let rope = RopeOptions::default();
+        Self::with_rope(
+            model, n_ctx, n_batch, n_threads, flash_attn, kv_types, &rope,
+        )
+    }
+
+    /// [`LlamaContext::with_kv_types`] with llama.cpp's RoPE scaling parameters (its
+    /// `--rope-*`/`--yarn-*` flags; the defaults take the model's values).
+    pub fn with_rope(
+        model: &'m LlamaModel,
+        n_ctx: u32,
+        n_batch: u32,
+        n_threads: i32,
+        flash_attn: bool,
         (type_k, type_v): (u32, u32),
+        rope: &RopeOptions,
     ) -> Result<Self, String> {
         // SAFETY: default params are plain data; the model is valid and outlives the context.
         let ctx = unsafe {
@@ -204,6 +245,13 @@ impl<'m> LlamaContext<'m> {
             if !flash_attn {
                 p.flash_attn_type = sys::LLAMA_FLASH_ATTN_TYPE_DISABLED;
             }
+            if let Some(t) = rope.scaling_type {
+                p.rope_scaling_type = t as sys::llama_rope_scaling_type;
+            }
+            p.rope_freq_base = rope.freq_base;
+            p.rope_freq_scale = rope.freq_scale;
+            p.yarn_orig_ctx = rope.yarn_orig_ctx;
+            p.yarn_ext_factor = rope.yarn_ext_factor;
             sys::llama_init_from_model(model.model, p)
         };
         if ctx.is_null() {

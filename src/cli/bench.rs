@@ -55,6 +55,8 @@ pub struct BenchArgs {
     pub kv: super::kv::KvArgs,
     #[command(flatten)]
     pub device: super::device::DeviceArgs,
+    #[command(flatten)]
+    pub rope: super::rope::RopeArgs,
 }
 
 struct Result1 {
@@ -139,6 +141,7 @@ fn run_test(
 pub fn run(args: BenchArgs) -> Result<(), CliError> {
     let file = GgufFile::open(&args.model)?;
     let mut model = Model::load(&file)?;
+    args.rope.apply(&mut model, args.output == "json")?;
     args.device.apply(&mut model, false)?;
     // On the GPU: memory bandwidth by a copy, and the decode roofline it implies.
     let roofline = match &model.gpu {

@@ -83,7 +83,8 @@ pub fn run(args: CalibrateArgs) -> Result<(), CliError> {
         )
         .into());
     }
-    let model = Model::load(&file)?;
+    let mut model = Model::load(&file)?;
+    args.model.rope.apply(&mut model, false)?;
     let hp = &model.hp;
     if hp.n_expert == 0 {
         return Err(Error::Invalid(format!(
@@ -204,7 +205,8 @@ fn run_kv_summary(args: &CalibrateArgs, n_slot: usize) -> Result<(), CliError> {
             }
         }
     }
-    let model = Model::load(&file)?;
+    let mut model = Model::load(&file)?;
+    args.model.rope.apply(&mut model, false)?;
     let chunks = calibration_chunks(args, &model)?;
     let t0 = Instant::now();
     let skip = args.model.kv.kv_sinks;

@@ -173,6 +173,7 @@ pub fn run(args: ChatArgs) -> Result<(), CliError> {
     args.model.init_threads();
     let file = GgufFile::open(&args.model.model)?;
     let mut model = Model::load(&file)?;
+    args.model.rope.apply(&mut model, false)?;
     args.model.device.apply(&mut model, false)?;
     let tok = &model.tokenizer;
     let template = ChatTemplate::for_model(&file, args.chat_template.as_deref(), |id| {

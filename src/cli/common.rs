@@ -27,6 +27,8 @@ pub struct ModelArgs {
     pub kv: super::kv::KvArgs,
     #[command(flatten)]
     pub device: super::device::DeviceArgs,
+    #[command(flatten)]
+    pub rope: super::rope::RopeArgs,
 }
 
 impl ModelArgs {

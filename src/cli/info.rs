@@ -16,6 +16,8 @@ pub struct InfoArgs {
     pub ctx_size: u64,
     #[command(flatten)]
     pub kv: super::kv::KvArgs,
+    #[command(flatten)]
+    pub rope: super::rope::RopeArgs,
     /// Print one JSON object instead of text
     #[arg(long)]
     pub json: bool,
@@ -26,6 +28,8 @@ pub struct InfoArgs {
 
 pub fn run(args: InfoArgs) -> Result<(), CliError> {
     let file = GgufFile::open(&args.model)?;
+    // Bad flags fail before anything is printed.
+    args.rope.overrides()?;
     let info = ModelInfo::from_gguf_kv(&file, args.ctx_size, args.kv.types()?)?;
     let mut out = std::io::stdout().lock();
     if args.json {
@@ -43,6 +47,8 @@ pub fn run(args: InfoArgs) -> Result<(), CliError> {
         write_text(&mut out, &info)?;
         // Where dsrun can run the model: the cache as it allocates it, per layer kind.
         if let Ok(hp) = dsrun::model::HParams::from_gguf(&file) {
+            let hp = args.rope.resolve(&hp)?;
+            writeln!(out, "dsrun rope:     {}", hp.rope.describe())?;
             let n_ctx = args.ctx_size as usize;
             let stream = args.kv.stream(&file, &hp)?;
             writeln!(

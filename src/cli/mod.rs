@@ -11,6 +11,7 @@ mod kv;
 mod perplexity;
 #[cfg(feature = "quantize")]
 mod quantize;
+mod rope;
 mod run;
 
 use clap::{Parser, Subcommand};

@@ -40,6 +40,7 @@ pub fn run(args: PerplexityArgs) -> Result<(), CliError> {
     args.model.init_threads();
     let file = GgufFile::open(&args.model.model)?;
     let mut model = Model::load(&file)?;
+    args.model.rope.apply(&mut model, false)?;
     args.model.device.apply(&mut model, false)?;
     if args.kl_divergence {
         return run_kld(&args, &model);

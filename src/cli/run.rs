@@ -79,6 +79,7 @@ pub fn run(args: RunArgs) -> Result<(), CliError> {
     let t_load = Instant::now();
     let file = GgufFile::open(&args.model.model)?;
     let mut model = Model::load(&file)?;
+    args.model.rope.apply(&mut model, args.quiet || args.json)?;
     args.model
         .device
         .apply(&mut model, args.quiet || args.json)?;

@@ -212,11 +212,17 @@ pub(crate) struct RopeUniform {
     pub mode: u32,
     pub freq_base: f32,
     pub freq_scale: f32,
+    /// YaRN (`ext_factor` 0: none) with its correction dims computed here.
+    pub ext_factor: f32,
+    pub attn_factor: f32,
+    pub corr_lo: f32,
+    pub corr_hi: f32,
     pub _pad: [u32; 2],
 }
 
 impl RopeUniform {
     pub fn new(n_head: usize, head_dim: usize, rope: &RopeParams) -> Result<RopeUniform> {
+        let corr = rope.yarn.corr_dims(rope.n_rot, rope.freq_base);
         Ok(RopeUniform {
             n_head: u32s(n_head, "heads")?,
             head_dim: u32s(head_dim, "head size")?,
@@ -227,6 +233,10 @@ impl RopeUniform {
             },
             freq_base: rope.freq_base,
             freq_scale: rope.freq_scale,
+            ext_factor: rope.yarn.ext_factor,
+            attn_factor: rope.yarn.attn_factor,
+            corr_lo: corr[0],
+            corr_hi: corr[1],
             _pad: [0; 2],
         })
     }

@@ -13,7 +13,6 @@ use super::weights::{GpuFfn, GpuLayer};
 use super::GpuContext;
 use crate::error::Result;
 use crate::kernels::qdot::{act_kind, ActKind};
-use crate::kernels::rope::RopeParams;
 use crate::model::arch::Gating;
 use crate::model::HParams;
 use crate::tensor::GgmlType;
@@ -371,12 +370,7 @@ impl Builder<'_> {
                 w.push(self.d(p, &[(0, buf), (1, nw), (2, &params)], Groups::Rows(rows)));
             }
         }
-        let rope = RopeParams {
-            kind: hp.arch.rope,
-            n_rot: hp.n_rot,
-            freq_base: l.rope_base,
-            freq_scale: hp.rope_scale,
-        };
+        let rope = l.rope;
         for (buf, n_head) in [(&a.q, hp.n_head), (&a.k, hp.n_head_kv)] {
             let p = self.pipe("rope", shaders::ROPE, "rope")?;
             let params = ctx.uniform(&RopeUniform::new(n_head, hd, &rope)?);

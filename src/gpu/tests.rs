@@ -8,7 +8,7 @@
 use super::*;
 use crate::kernels::matmul::matmul;
 use crate::kernels::norm::rms_norm_rows;
-use crate::kernels::rope::{RopeKind, RopeParams};
+use crate::kernels::rope::{RopeKind, RopeParams, Yarn};
 use crate::kernels::softmax::softmax;
 use crate::tensor::quants::quantize;
 use crate::tensor::{GgmlType, TensorView};
@@ -221,13 +221,27 @@ fn rms_norm_softmax_rope_match_cpu() {
         ops.softmax_rows(&mut gpu, n).unwrap();
         assert!(nmse(&gpu, &cpu) < NMSE, "softmax n={n}");
     }
-    for kind in [RopeKind::Norm, RopeKind::Neox] {
+    // Plain, linear (factor 2) and YaRN (factor 4 over 1024, with a magnitude) RoPE.
+    let yarn = Yarn {
+        ext_factor: 1.0,
+        attn_factor: 0.9,
+        n_ctx_orig: 1024,
+        ..Yarn::NONE
+    };
+    for (kind, freq_scale, yarn) in [
+        (RopeKind::Norm, 1.0, Yarn::NONE),
+        (RopeKind::Neox, 1.0, Yarn::NONE),
+        (RopeKind::Neox, 0.5, Yarn::NONE),
+        (RopeKind::Norm, 0.25, yarn),
+        (RopeKind::Neox, 0.25, yarn),
+    ] {
         let (n_tok, n_head, head_dim) = (1 + rng.below(8), 1 + rng.below(6), 64);
         let rope = RopeParams {
             kind,
             n_rot: 48,
             freq_base: 10000.0,
-            freq_scale: 1.0,
+            freq_scale,
+            yarn,
         };
         let pos0 = rng.below(2000);
         let x = rng.vec(n_tok * n_head * head_dim, 1.0);

@@ -11,6 +11,7 @@ use super::expert_cache::ExpertCache;
 use super::ops::GpuMatrix;
 use super::{GpuContext, GpuOps};
 use crate::error::{Error, Result};
+use crate::kernels::rope::RopeParams;
 use crate::model::arch::FfnAct;
 use crate::model::weights::{Attn, Ffn, Weights};
 use crate::model::HParams;
@@ -48,7 +49,8 @@ pub struct GpuLayer {
     pub ffn: GpuFfn,
     /// Sliding window of this layer (masked over the full cache).
     pub window: Option<usize>,
-    pub rope_base: f32,
+    /// This layer's RoPE (base and scale differ on sliding-window layers).
+    pub rope: RopeParams,
 }
 
 pub enum GpuFfn {
@@ -217,10 +219,7 @@ impl GpuWeights {
                 ffn_norm: f32_buf(ctx, "ffn_norm", &lw.ffn_norm)?,
                 ffn,
                 window: hp.sliding_window.filter(|_| swa),
-                rope_base: match (swa, hp.arch.swa_rope_base) {
-                    (true, Some(b)) => b,
-                    _ => hp.rope_base,
-                },
+                rope: hp.rope_params(il),
             });
         }
         let output = matrix(&ops, &w.output)?;

@@ -16,7 +16,6 @@ use crate::kernels;
 use crate::kernels::activation::{gelu_f16_table, glu, glu_gelu_f16, silu};
 use crate::kernels::attention::AttnInput;
 use crate::kernels::norm::rms_norm_rows;
-use crate::kernels::rope::RopeParams;
 
 fn add_bias(x: &mut [f32], b: &Option<Vec<f32>>) {
     if let Some(b) = b {
@@ -188,15 +187,7 @@ fn attention(
         rms_norm_rows(&mut k, kn, hp.rms_eps);
     }
     let swa = hp.is_swa_layer(il);
-    let rope = RopeParams {
-        kind: hp.arch.rope,
-        n_rot: hp.n_rot,
-        freq_base: match (swa, hp.arch.swa_rope_base) {
-            (true, Some(b)) => b,
-            _ => hp.rope_base,
-        },
-        freq_scale: hp.rope_scale,
-    };
+    let rope = hp.rope_params(il);
     if kv.is_stream(il) {
         // --kv-window: sinks, a ring and a summary, with positions of its own (kv_window.rs).
         let mut out = vec![0.0f32; n * q_dim];

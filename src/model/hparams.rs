@@ -3,6 +3,8 @@
 use super::arch::{self, ArchSpec, Experts, Gating, Routing};
 use crate::error::{Error, Result};
 use crate::gguf::GgufHeader;
+use crate::kernels::rope::RopeParams;
+use crate::model::rope_scaling::{RopeOverrides, RopeScaling, RopeTrain};
 
 #[derive(Debug, Clone)]
 pub struct HParams {
@@ -15,8 +17,9 @@ pub struct HParams {
     pub n_ctx_train: usize,
     pub n_vocab: usize,
     pub rms_eps: f32,
-    pub rope_base: f32,
-    pub rope_scale: f32,
+    /// The file's RoPE values and what the layers use after any overrides (`set_rope`).
+    pub rope_train: RopeTrain,
+    pub rope: RopeScaling,
     pub n_rot: usize,
     pub sliding_window: Option<usize>,
     pub n_expert: usize,
@@ -136,27 +139,13 @@ impl HParams {
             _ => (0, 0),
         };
         let routing = routing_params(h, arch, n_expert)?;
-        // DeepSeek and gpt-oss files usually ask for YaRN, which dsrun does not do yet: refuse
-        // rather than run them with the wrong positions.
-        if arch.mla || arch.oai {
-            if let Some(t) = h.get_str(&k("rope.scaling.type"))? {
-                if t != "none" && t != "linear" {
-                    return Err(Error::metadata(
-                        k("rope.scaling.type"),
-                        format!("{t:?} RoPE scaling is not supported yet for {name}"),
-                    ));
-                }
-            }
-        }
         let scales = if arch.granite_scales {
             granite_scales(h, name)?
         } else {
             Scales::default()
         };
-        let rope_scale = match h.get_str(&k("rope.scaling.type"))? {
-            Some("linear") => 1.0 / h.get_f64(&k("rope.scaling.factor"))?.unwrap_or(1.0) as f32,
-            _ => 1.0,
-        };
+        let n_ctx_train = required(h, &k("context_length"))?;
+        let rope_train = RopeTrain::from_gguf(h, name, n_ctx_train)?;
         HParams {
             arch,
             n_layer: required(h, &k("block_count"))?,
@@ -164,13 +153,13 @@ impl HParams {
             n_head,
             n_head_kv,
             head_dim,
-            n_ctx_train: required(h, &k("context_length"))?,
+            n_ctx_train,
             n_vocab,
             rms_eps: h
                 .get_f64(&k("attention.layer_norm_rms_epsilon"))?
                 .unwrap_or(1e-5) as f32,
-            rope_base: h.get_f64(&k("rope.freq_base"))?.unwrap_or(10_000.0) as f32,
-            rope_scale,
+            rope_train,
+            rope: RopeScaling::resolve(&rope_train, &RopeOverrides::default(), false)?,
             n_rot: h
                 .get_u64(&k("rope.dimension_count"))?
                 .map(|v| v as usize)
@@ -184,7 +173,46 @@ impl HParams {
             routing,
             mla: None,
         }
-        .with_mla(h)
+        .with_mla(h)?
+        .with_rope(&RopeOverrides::default())
+    }
+
+    /// Applies the user's RoPE overrides to the file's values (as llama_context does),
+    /// including llama.cpp's `n_ctx_train` adjustment for a custom YaRN factor.
+    pub fn with_rope(mut self, o: &RopeOverrides) -> Result<HParams> {
+        let rope = RopeScaling::resolve(&self.rope_train, o, self.arch.name == "deepseek2")?;
+        // DeepSeek's YaRN also rescales the attention scores (mscale², deepseek2.cpp), which
+        // its MLA path does not do yet: refuse rather than run with the wrong scale.
+        if self.arch.mla && rope.yarn.ext_factor != 0.0 {
+            return Err(Error::metadata(
+                format!("{}.rope.scaling.type", self.arch.name),
+                "\"yarn\" RoPE scaling is not supported yet for deepseek2 (its YaRN attention scale)",
+            ));
+        }
+        if rope.scaling == super::rope_scaling::RopeScalingType::Yarn
+            && rope.freq_scale != self.rope_train.freq_scale
+        {
+            self.n_ctx_train = (rope.yarn.n_ctx_orig as f32 / rope.freq_scale) as usize;
+        }
+        self.rope = rope;
+        Ok(self)
+    }
+
+    /// Layer `il`'s RoPE. Sliding-window layers keep their trained values as in llama.cpp:
+    /// gemma3's own base (`swa_rope_base`) unscaled, gpt-oss's the file's base and scale.
+    pub fn rope_params(&self, il: usize) -> RopeParams {
+        let (freq_base, freq_scale) = match (self.is_swa_layer(il), self.arch.swa_rope_base) {
+            (true, Some(b)) => (b, 1.0),
+            (true, None) => (self.rope_train.freq_base, self.rope_train.freq_scale),
+            _ => (self.rope.freq_base, self.rope.freq_scale),
+        };
+        RopeParams {
+            kind: self.arch.rope,
+            n_rot: self.n_rot,
+            freq_base,
+            freq_scale,
+            yarn: self.rope.yarn,
+        }
     }
 
     fn with_mla(mut self, h: &GgufHeader) -> Result<HParams> {

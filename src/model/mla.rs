@@ -18,7 +18,6 @@ use super::weights::Loader;
 use crate::error::Result;
 use crate::kernels::matmul::dot;
 use crate::kernels::norm::{rms_norm, rms_norm_rows};
-use crate::kernels::rope::RopeParams;
 use crate::kernels::softmax::softmax;
 use crate::tensor::TensorView;
 
@@ -88,12 +87,7 @@ pub fn attention(
     let (nh, r, nr) = (hp.n_head, m.kv_lora_rank, hp.n_rot);
     let (dk, dv) = (m.head_dim_k, m.head_dim_v);
     let nope = dk - nr;
-    let rope = RopeParams {
-        kind: hp.arch.rope,
-        n_rot: nr,
-        freq_base: hp.rope_base,
-        freq_scale: hp.rope_scale,
-    };
+    let rope = hp.rope_params(il);
 
     // q: (n, nh * dk)
     let mut q = vec![0.0f32; n * nh * dk];

@@ -12,6 +12,7 @@ pub mod mla;
 pub mod moe;
 pub mod moe_calibration;
 pub mod moe_select;
+pub mod rope_scaling;
 pub mod routing;
 pub mod weights;
 

@@ -164,8 +164,10 @@ pub(crate) fn attend(kv: &mut KvCache, il: usize, inp: &StreamInput, out: &mut [
         .collect();
     let q_sum: Vec<f32> = match cfg.summary.as_ref().map(|s| s.keys) {
         None => Vec::new(),
+        // The means are plain keys: give them the magnitude a rotated key has (YaRN).
         Some(SlotKeys::Window) => (0..n)
             .flat_map(|t| rotated(inp.rope, &inp.q[t * q_dim..(t + 1) * q_dim], hd, w))
+            .map(|x| x * inp.rope.mscale())
             .collect(),
         Some(SlotKeys::TruePos) => (0..n)
             .flat_map(|t| rotated(inp.rope, &inp.q[t * q_dim..(t + 1) * q_dim], hd, p0 + t))

@@ -18,6 +18,7 @@ fn rope() -> RopeParams {
         n_rot: HD,
         freq_base: 10000.0,
         freq_scale: 1.0,
+        yarn: crate::kernels::rope::Yarn::NONE,
     }
 }
 

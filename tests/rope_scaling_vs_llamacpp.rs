@@ -1,0 +1,191 @@
+//! RoPE scaling against llama.cpp in-process: the logits of one prompt on Qwen2.5-Coder-0.5B
+//! with YaRN (factor 4 over an original context of 32768, as Qwen2.5's model card asks for
+//! 128K) and with linear scaling (factor 2), set through the same parameters on both sides
+//! (llama.cpp's context parameters, dsrun's `RopeOverrides`).
+//!
+//! Tolerance as in tests/parity_vs_llamacpp.rs: the last position's logits within a relative
+//! L2 of 0.15 (the two engines round activations and the f16 cache at different places; Qwen
+//! measured 0.006–0.05 there) and the same top-1. The test can fail: dsrun without the scaling,
+//! YaRN as plain linear x4 (no ramp) and YaRN without its magnitude 1 + 0.1 ln 4 must each land
+//! at least 2.5x further from llama.cpp (measured 2026-11-29: YaRN 0.017 from llama.cpp, the
+//! wrong ones 0.055 / 0.44 / 0.053; linear 0.019, unscaled 0.28).
+
+mod common;
+
+use dsrun::gguf::GgufFile;
+use dsrun::model::forward::forward;
+use dsrun::model::rope_scaling::{RopeOverrides, RopeScalingType};
+use dsrun::model::{HParams, KvCache, Weights};
+use dsrun::sampling::argmax;
+use dsrun_quantize::llama::{LlamaContext, LlamaModel, RopeOptions};
+
+const REL_L2: f64 = 0.15;
+
+const PROMPT: &str = "The history of the printing press begins in the fifteenth century, when \
+    Johannes Gutenberg combined movable metal type, oil-based ink and a wooden screw press. \
+    Within fifty years printers worked in more than two hundred cities across Europe, and the \
+    cost of books fell so far that reading spread from monasteries and universities to \
+    merchants, craftsmen and their families. The consequences were";
+
+fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
+    let num: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
+    let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
+    (num / den).sqrt()
+}
+
+#[test]
+fn yarn_and_linear_match_llama_cpp() {
+    let path = common::model("qwen2.5-coder-0.5b-instruct-awq.gguf");
+    let lm = LlamaModel::load(&path).unwrap();
+    let file = GgufFile::open(&path).unwrap();
+    let hp0 = HParams::from_gguf(&file).unwrap();
+    let w = Weights::load(&file, &hp0).unwrap();
+    let ids: Vec<i32> = lm.tokenize(PROMPT, true, false);
+    let toks: Vec<u32> = ids.iter().map(|&t| t as u32).collect();
+    let n = toks.len();
+    let last = |l: &[f32]| l[(n - 1) * hp0.n_vocab..].to_vec();
+    let ours = |hp: &HParams| {
+        let mut kv = KvCache::new(hp.n_layer, 256, hp.n_head_kv * hp.head_dim);
+        last(&forward(hp, &w, &mut kv, &toks, true))
+    };
+    let plain = ours(&hp0);
+    let cases = [
+        (
+            "yarn x4 over 32768",
+            RopeOptions {
+                scaling_type: Some(2),
+                freq_scale: 0.25,
+                yarn_orig_ctx: 32768,
+                ..Default::default()
+            },
+            RopeOverrides {
+                scaling: Some(RopeScalingType::Yarn),
+                freq_scale: Some(0.25),
+                yarn_orig_ctx: Some(32768),
+                ..Default::default()
+            },
+        ),
+        (
+            "linear x2",
+            RopeOptions {
+                scaling_type: Some(1),
+                freq_scale: 0.5,
+                ..Default::default()
+            },
+            RopeOverrides {
+                scaling: Some(RopeScalingType::Linear),
+                freq_scale: Some(0.5),
+                ..Default::default()
+            },
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (name, theirs_opts, ours_opts) in cases {
+        let mut ctx =
+            LlamaContext::with_rope(&lm, 256, 256, 2, true, (1, 1), &theirs_opts).unwrap();
+        let theirs = ctx.eval(&ids, false).unwrap();
+        let hp = hp0.clone().with_rope(&ours_opts).unwrap();
+        let mine = ours(&hp);
+        let l2 = rel_l2(&mine, &theirs);
+        let (a, b) = (argmax(&mine), argmax(&theirs));
+        eprintln!("{name}: {n} tokens, rel. L2 to llama.cpp {l2:.5}, top-1 {a} / {b}");
+        if l2 >= REL_L2 || a != b {
+            failures.push(format!(
+                "{name}: rel. L2 {l2:.4} (limit {REL_L2}), top-1 {a} vs {b}"
+            ));
+        }
+        // Wrong implementations must land well outside that distance.
+        let mut wrong = vec![("no scaling", plain.clone())];
+        if ours_opts.scaling == Some(RopeScalingType::Yarn) {
+            let linear = RopeOverrides {
+                scaling: Some(RopeScalingType::Linear),
+                ..ours_opts
+            };
+            wrong.push((
+                "linear x4 (no ramp)",
+                ours(&hp0.clone().with_rope(&linear).unwrap()),
+            ));
+            let mut no_mscale = hp.clone();
+            no_mscale.rope.yarn.attn_factor /= 1.0 + 0.1 * 4f32.ln();
+            wrong.push(("YaRN without its magnitude", ours(&no_mscale)));
+        }
+        for (what, logits) in wrong {
+            let d = rel_l2(&logits, &theirs);
+            eprintln!("  {what}: {d:.5} from llama.cpp");
+            if d < 2.5 * l2 {
+                failures.push(format!(
+                    "{name}: {what} is {d:.4} from llama.cpp, under 2.5x dsrun's {l2:.4}: \
+                     this prompt cannot tell them apart"
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// YaRN from the file's keys, as gpt-oss ships them (factor 32 over 4096), on the tiny
+/// random-weight gpt-oss (F32, sliding-window layers every other one, which keep the file's
+/// scaling in llama.cpp): the logits of 48 positions against llama.cpp within 1.5e-3 relative
+/// L2 and the same top-1. YaRN's magnitude (1 + 0.1 ln 32 on q and k: scores x1.81) sharpens
+/// these random attentions, so rounding shows more than without it (measured 2026-11-29: worst
+/// 8.5e-4 here, 1.6e-5 for the plain file in tests/moe_archs_vs_llamacpp.rs); a magnitude off
+/// by 0.1% either way measured 2.1e-3, the file without the keys 0.86.
+#[test]
+fn gpt_oss_yarn_from_metadata_matches_llama_cpp() {
+    use dsrun::engine::{Model, Session};
+    use dsrun::gguf::writer::GgufWriter;
+    use dsrun::gguf::Value;
+    use dsrun::synth::{self, presets};
+
+    let vocab = GgufFile::open(common::model(common::TINY_F16)).unwrap();
+    let spec = presets::tiny("gpt-oss").unwrap();
+    let plain = common::scratch("rope", "gpt-oss.gguf");
+    synth::write(&spec, &vocab, &plain, &synth::encode_dsrun).unwrap();
+    let src = GgufFile::open(&plain).unwrap();
+    let mut w = GgufWriter::new();
+    for (k, v) in &src.header().metadata {
+        w.set(k, v.clone());
+    }
+    w.set("gpt-oss.rope.scaling.type", Value::String("yarn".into()));
+    w.set("gpt-oss.rope.scaling.factor", Value::F32(32.0));
+    w.set(
+        "gpt-oss.rope.scaling.original_context_length",
+        Value::U32(4096),
+    );
+    let tensors = &src.header().tensors;
+    for t in tensors {
+        w.add_tensor(&t.name, t.ty, &t.dims);
+    }
+    let path = common::scratch("rope", "gpt-oss-yarn.gguf");
+    w.write_file(&path, |i| Ok(src.tensor_data(&tensors[i])?.to_vec()))
+        .unwrap();
+
+    let logits = |p: &std::path::Path| {
+        let file = GgufFile::open(p).unwrap();
+        let model = Model::load(&file).unwrap();
+        let mut ids = model.tokenizer.encode(PROMPT, true, false).unwrap();
+        ids.truncate(48);
+        let mut s = Session::new(&model, 128, 128).unwrap();
+        (ids.clone(), model.hp.n_vocab, s.eval_all(&ids).unwrap())
+    };
+    let (ids, nv, ours) = logits(&path);
+    let (_, _, unscaled) = logits(&plain);
+    let lm = LlamaModel::load(&path).unwrap();
+    let mut ctx = LlamaContext::new(&lm, 128, 128, 2).unwrap();
+    let li: Vec<i32> = ids.iter().map(|&t| t as i32).collect();
+    let theirs = ctx.eval(&li, true).unwrap();
+    let (mut worst, mut moved) = (0.0f64, 0.0f64);
+    for p in 0..ids.len() {
+        let r = p * nv..(p + 1) * nv;
+        worst = worst.max(rel_l2(&ours[r.clone()], &theirs[r.clone()]));
+        moved = moved.max(rel_l2(&unscaled[r.clone()], &theirs[r.clone()]));
+        assert_eq!(argmax(&ours[r.clone()]), argmax(&theirs[r]), "position {p}");
+    }
+    eprintln!(
+        "gpt-oss YaRN x32 over 4096: {} positions, worst rel. L2 {worst:.2e}; without the \
+         keys {moved:.2e}",
+        ids.len()
+    );
+    assert!(worst < 1.5e-3, "worst rel. L2 {worst}");
+    assert!(moved > 1e-1, "the keys should matter: {moved}");
+}
