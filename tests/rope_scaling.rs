@@ -11,7 +11,9 @@ mod common;
 
 use dsrun::engine::{Model, Session};
 use dsrun::gguf::GgufFile;
-use dsrun::model::kv_window::{Assign, SinkPos, StreamConfig, SummaryConfig};
+use dsrun::model::kv_window::{
+    Assign, SinkPos, SlotKeys, StreamConfig, SummaryConfig, DEFAULT_LOG_WEIGHT,
+};
 use dsrun::model::rope_scaling::{RopeOverrides, RopeScalingType};
 use dsrun::model::KvTypes;
 use dsrun::sampling::argmax;
@@ -103,10 +105,17 @@ fn yarn_reaches_the_window_path() {
         Some(SummaryConfig {
             n_slot: 4,
             assign: Assign::RoundRobin,
-            log_count: false,
+            log_weight: 0.0,
+            keys: SlotKeys::Window,
+        }),
+        Some(SummaryConfig {
+            n_slot: 4,
+            assign: Assign::RoundRobin,
+            log_weight: DEFAULT_LOG_WEIGHT,
+            keys: SlotKeys::TruePos,
         }),
     ] {
-        let what = format!("{:?}", summary.as_ref().map(|s| s.n_slot));
+        let what = format!("{:?}", summary.as_ref().map(|s| (s.n_slot, s.keys)));
         let fast = logits(&mut s, &ids, Some(cfg(16, summary.clone(), false)));
         let reference = logits(&mut s, &ids, Some(cfg(16, summary, true)));
         let (d, top1) = compare(&fast, &reference, nv);
