@@ -6,9 +6,10 @@
 //! of n tokens streams the weights from memory once per task, not n times. Each output element
 //! is one kernel call whatever the tiling, so the result does not depend on the thread count.
 //!
-//! On AVX-512 VNNI CPUs, products over all of [`super::gemm::MIN_TOK`] tokens or more of the
-//! types in [`super::gemm`]'s table go through that GEMM instead (repacked panels, register
-//! tiles); its results equal the plain kernels' bit for bit, again whatever the thread count.
+//! On AVX-512 VNNI and AVX2 CPUs, products over all of [`super::gemm::MIN_TOK`] tokens or more
+//! of the types in [`super::gemm`]'s table go through that GEMM instead (repacked panels,
+//! register tiles); its results equal the plain kernels' bit for bit, again whatever the
+//! thread count.
 
 use super::{gemm, quantize_acts, selected_level, ActRow, Kernel, QuantizedActs, SimdLevel, MULTI};
 use crate::tensor::TensorView;
