@@ -17,8 +17,8 @@
 //! no fused multiply-add. So the results equal the plain kernels' bit for bit, whatever the
 //! tiling or the thread count (tested in `tests.rs`); they differ from the AVX-512 row kernels'
 //! (which sum 16 lanes of blocks at the end) by float rounding only. Products of fewer than
-//! [`MIN_TOK`] tokens (decoding) keep the row kernels: there the panel would cost more than it
-//! saves.
+//! [`min_tok`] tokens (decoding; 4 for most) keep the row kernels: there the panel would cost
+//! more than it saves.
 //!
 //! | weights            | panel per block (per 16 rows)                            | file               |
 //! |--------------------|----------------------------------------------------------|--------------------|
@@ -62,8 +62,30 @@ pub(super) const PANEL: usize = STRIP * RV;
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(super) const TOK: usize = 4;
 
-/// Products of fewer tokens use the row kernels.
+/// Every GEMM takes products of this many tokens or more ([`min_tok`] gives each its own
+/// threshold, at most this).
 pub const MIN_TOK: usize = 16;
+
+/// The fewest tokens for which [`super::qmatmul_acts_at`] at `level` sends a product of `ty`
+/// through the GEMM rather than the row kernels: where the GEMM was faster, products of 768 x
+/// 2048 (a 30B-A3B expert) on one thread, minimum of 60 runs each (2026-11-29):
+///
+/// - AVX-512 VNNI, every type: from 4 tokens (Q4_K 0.07 ms vs the row kernels' 0.10, Q6_K
+///   0.08 vs 0.09, Q8_0 0.08 vs 0.17, Q4_0 0.07 vs 0.18; at 14 tokens Q4_K 0.11 vs 0.27,
+///   Q8_0 0.12 vs 0.37). At 2 tokens Q4_K and Q6_K are slower through the GEMM, so decoding
+///   and 2-3-token products keep the row kernels.
+/// - AVX2, the 32-value blocks: from 4 tokens (Q8_0 0.21 vs 0.31 ms, Q4_1 0.41 vs 0.41; at 8
+///   tokens 0.25 vs 0.61 and 0.45 vs 0.81). Q4_K and Q6_K: from [`MIN_TOK`], their panels
+///   being unpacked by scalar code (at 12 tokens Q4_K 0.45 vs 0.34 ms, Q6_K 0.85 vs 0.48).
+///
+/// This is the one place that decides; the batched experts ([`crate::model::moe`]) and the
+/// tests go through it.
+pub fn min_tok(level: SimdLevel, ty: GgmlType) -> usize {
+    match (level, ty) {
+        (SimdLevel::Avx2, GgmlType::Q4K | GgmlType::Q6K) => MIN_TOK,
+        _ => 4,
+    }
+}
 
 /// One 512-bit vector of a panel: 16 lanes of 32 bits (four u8 weights, an i32 scale, a pair
 /// of i16 or an f32, depending on the slot).
@@ -119,7 +141,7 @@ pub(super) fn format(level: SimdLevel, ty: GgmlType) -> Option<Format> {
 /// Whether [`super::qmatmul_acts_at`] at `level` runs `n_tok` tokens of `ty` through the GEMM
 /// (whose results then equal the plain kernels') rather than the level's row kernels.
 pub fn uses_gemm(level: SimdLevel, ty: GgmlType, n_tok: usize) -> bool {
-    n_tok >= MIN_TOK && format(level, ty).is_some()
+    n_tok >= min_tok(level, ty) && format(level, ty).is_some()
 }
 
 /// `out[t][r] = W[r] · acts[t]` through panels: rows are split into tasks of whole panels

@@ -472,7 +472,17 @@ fn gemm_matches_plain_at(level: SimdLevel) {
             continue;
         }
         let bs = ty.block_size().unwrap();
-        for (n_blocks, m, n_tok) in [(1, 1, 16), (3, 37, 19), (7, 64, 17), (2, 100, 35)] {
+        for (n_blocks, m, n_tok) in [
+            (1, 1, 16),
+            (3, 37, 19),
+            (7, 64, 17),
+            (2, 100, 35),
+            (2, 40, 4),
+            (3, 33, 7),
+        ] {
+            if !uses_gemm(level, ty, n_tok) {
+                continue;
+            }
             let k = n_blocks * bs;
             for random in [true, false] {
                 let wb = if random {
@@ -513,7 +523,7 @@ fn gemm_matches_plain_at(level: SimdLevel) {
         }
     }
     if matches!(level, SimdLevel::Avx512Vnni | SimdLevel::Avx2) {
-        assert_eq!(checked, types.len() * 16, "{level:?}");
+        assert!(checked >= types.len() * 16, "{level:?}");
     }
 }
 
