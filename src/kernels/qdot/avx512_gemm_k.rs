@@ -167,33 +167,6 @@ fn transpose16(r: [__m512i; STRIP]) -> [__m512i; STRIP] {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::rng::Rng;
-
-    #[test]
-    fn transpose_matches_scalar() {
-        if !super::super::SimdLevel::Avx512Vnni.is_available() {
-            return;
-        }
-        let mut rng = Rng::new(5);
-        let mut tmp = [[0u32; 37]; STRIP];
-        for row in &mut tmp {
-            for v in row.iter_mut() {
-                *v = rng.next_u64() as u32;
-            }
-        }
-        let mut dst = vec![Lanes::default(); 38];
-        // SAFETY: AVX-512 F is available (checked above).
-        unsafe { transpose(&tmp, &mut dst) };
-        for g in 0..37 {
-            assert_eq!(dst[g].0, std::array::from_fn(|l| tmp[l][g]), "column {g}");
-        }
-        assert_eq!(dst[37].0, [0; STRIP]);
-    }
-}
-
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 unsafe fn pack_q4k(w: &TensorView<'_>, r0: usize, panel: &mut [Lanes]) {
     let unpack = |blk: &[u8], out: &mut [u32; Q4K_LANES]| {
@@ -458,5 +431,32 @@ unsafe fn tile_q6k<const T: usize>(a: &Acts, t0: usize, out: OutPtr, r0: usize) 
             }
         }
         store(&acc, out, r0, t0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+
+    #[test]
+    fn transpose_matches_scalar() {
+        if !super::super::SimdLevel::Avx512Vnni.is_available() {
+            return;
+        }
+        let mut rng = Rng::new(5);
+        let mut tmp = [[0u32; 37]; STRIP];
+        for row in &mut tmp {
+            for v in row.iter_mut() {
+                *v = rng.next_u64() as u32;
+            }
+        }
+        let mut dst = vec![Lanes::default(); 38];
+        // SAFETY: AVX-512 F is available (checked above).
+        unsafe { transpose(&tmp, &mut dst) };
+        for g in 0..37 {
+            assert_eq!(dst[g].0, std::array::from_fn(|l| tmp[l][g]), "column {g}");
+        }
+        assert_eq!(dst[37].0, [0; STRIP]);
     }
 }
