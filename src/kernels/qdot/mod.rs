@@ -24,12 +24,12 @@
 //! "8-token": a twin kernel that unpacks each weight block once for eight activation rows, used
 //! by [`qmatmul`] for prompts; its results equal the single-row kernel's bit for bit.
 //!
-//! Products of 4 tokens or more (see [`gemm::min_tok`]) of Q4_0, Q4_1, Q5_0, Q5_1, Q8_0,
-//! IQ4_NL, Q4_K and Q6_K on AVX-512 VNNI and AVX2 CPUs go through [`gemm`] instead: weights
-//! unpacked per task into panels of 32 interleaved rows and multiplied by register tiles of 32
-//! rows x 4 tokens, with the plain kernels' arithmetic (results equal to them bit for bit).
-//! The activations are quantized by AVX-512 twins of the reference quantizers there
-//! ([`q8_avx512`], equal bit for bit).
+//! Products of 16 tokens or more (4 for some, see [`gemm::min_tok`]) of Q4_0, Q4_1, Q5_0,
+//! Q5_1, Q8_0, IQ4_NL, Q4_K and Q6_K on AVX-512 VNNI and AVX2 CPUs go through [`gemm`]
+//! instead: weights unpacked per task into panels of 32 interleaved rows and multiplied by
+//! register tiles of 32 rows x 4 tokens, with the plain kernels' arithmetic (results equal to
+//! them bit for bit). The activations are quantized by AVX-512 twins of the reference
+//! quantizers there ([`q8_avx512`], equal bit for bit).
 //!
 //! Layout of the quantized activations ([`QuantizedActs`]): struct-of-arrays rather than ggml's
 //! packed blocks, so SIMD loads are contiguous and scales are already f32. The values are exactly
