@@ -17,6 +17,7 @@
 use std::arch::x86_64::*;
 
 use super::avx512::Pair;
+use super::avx512_gemm_k::transpose;
 use super::gemm::{Format, Lanes, OutPtr, PANEL, RV, STRIP, TOK};
 use super::{QuantizedActs, QK8_0};
 use crate::tensor::quants::as_blocks;
@@ -102,6 +103,7 @@ unsafe fn pack<B: Block32>(w: &TensorView<'_>, r0: usize, panel: &mut [Lanes]) {
     assert_eq!(panel.len(), nb * RV * lanes);
     // Per row of the strip: two blocks' weights (16 dwords), their two scales, two mins.
     let mut tmp = [[0u32; 20]; STRIP];
+    let mut cols = [Lanes::default(); 20];
     for s in 0..RV {
         for b in (0..nb).step_by(2) {
             // An odd last block is paired with itself and only its first half kept.
@@ -121,14 +123,14 @@ unsafe fn pack<B: Block32>(w: &TensorView<'_>, r0: usize, panel: &mut [Lanes]) {
                 t[18] = f16_to_f32(x.m()).to_bits();
                 t[19] = f16_to_f32(y.m()).to_bits();
             }
+            // SAFETY: this function's target features include AVX-512 F.
+            unsafe { transpose(&tmp, &mut cols) };
             for (h, bb) in (b..=b1).enumerate() {
                 let dst = &mut panel[(bb * RV + s) * lanes..(bb * RV + s + 1) * lanes];
-                for (g, d) in dst[..8].iter_mut().enumerate() {
-                    d.0 = std::array::from_fn(|l| tmp[l][8 * h + g]);
-                }
-                dst[8].0 = std::array::from_fn(|l| tmp[l][16 + h]);
+                dst[..8].copy_from_slice(&cols[8 * h..8 * h + 8]);
+                dst[8] = cols[16 + h];
                 if B::HAS_MIN {
-                    dst[9].0 = std::array::from_fn(|l| tmp[l][18 + h]);
+                    dst[9] = cols[18 + h];
                 }
             }
         }

@@ -72,8 +72,11 @@ fn prep_q4k(acts: &QuantizedActs) -> Vec<i32> {
 /// Fills the (n_sb, RV, LANES) panel with rows `r0..r0 + PANEL` of `w` (zeros past the last
 /// row): each super-block of 16 rows is unpacked row by row by `unpack`, then written out one
 /// whole vector (16 rows) at a time.
+///
+/// # Safety
+/// The CPU must have AVX-512 F ([`transpose`]).
 #[inline(always)]
-fn pack_rows<const LANES: usize>(
+unsafe fn pack_rows<const LANES: usize>(
     w: &TensorView<'_>,
     r0: usize,
     panel: &mut [Lanes],
@@ -94,33 +97,94 @@ fn pack_rows<const LANES: usize>(
                 }
             }
             let dst = &mut panel[(i * RV + s) * LANES..(i * RV + s + 1) * LANES];
-            transpose(&tmp, dst);
+            // SAFETY: the caller's CPU has AVX-512 F.
+            unsafe { transpose(&tmp, dst) };
         }
     }
 }
 
-/// `dst[g]` lane `l` = `tmp[l][g]`.
-#[inline(always)]
-pub(super) fn transpose<const N: usize>(tmp: &[[u32; N]; STRIP], dst: &mut [Lanes]) {
-    for (g, d) in dst[..N].iter_mut().enumerate() {
-        d.0 = std::array::from_fn(|l| tmp[l][g]);
+/// `dst[g]` lane `l` = `tmp[l][g]` for `g < N`: sixteen columns at a time, each a 16 x 16
+/// transpose in registers (a scalar loop of `N x 16` moves took most of the packing time).
+/// Tested through the GEMM tests (every panel goes through it) and `transpose_matches_scalar`.
+#[target_feature(enable = "avx512f")]
+#[inline]
+pub(super) unsafe fn transpose<const N: usize>(tmp: &[[u32; N]; STRIP], dst: &mut [Lanes]) {
+    assert!(dst.len() >= N);
+    for c in (0..N).step_by(STRIP) {
+        let n = (N - c).min(STRIP);
+        let mask = (u32::MAX >> (32 - n)) as u16;
+        // SAFETY: the masked loads read columns c..c + n < N of each row; the stores write
+        // dst[c..c + n], inside `dst` as asserted; `Lanes` is 64-byte aligned.
+        unsafe {
+            let rows: [__m512i; STRIP] = std::array::from_fn(|l| {
+                _mm512_maskz_loadu_epi32(mask, tmp[l].as_ptr().add(c).cast())
+            });
+            let cols = transpose16(rows);
+            for g in 0..n {
+                _mm512_store_si512(dst[c + g].0.as_mut_ptr().cast(), cols[g]);
+            }
+        }
     }
+}
+
+/// The 16 x 16 transpose of 32-bit elements: `out[g]` element `l` = `r[l]` element `g`.
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn transpose16(r: [__m512i; STRIP]) -> [__m512i; STRIP] {
+    // Within each 128-bit lane k: t[2i] = r[2i].0 r[2i+1].0 r[2i].1 r[2i+1].1, t[2i+1] the
+    // elements 2 and 3 likewise.
+    let t: [__m512i; STRIP] = std::array::from_fn(|x| {
+        let (a, b) = (r[x & !1], r[x | 1]);
+        if x % 2 == 0 {
+            _mm512_unpacklo_epi32(a, b)
+        } else {
+            _mm512_unpackhi_epi32(a, b)
+        }
+    });
+    // u[4i + j] lane k = element 4k + j of rows 4i..4i + 4.
+    let u: [__m512i; STRIP] = std::array::from_fn(|x| {
+        let (i, j) = (x / 4, x % 4);
+        let (a, b) = (t[4 * i + j / 2], t[4 * i + 2 + j / 2]);
+        if j % 2 == 0 {
+            _mm512_unpacklo_epi64(a, b)
+        } else {
+            _mm512_unpackhi_epi64(a, b)
+        }
+    });
+    // out[4k + j] = lane k of u[j], u[4 + j], u[8 + j], u[12 + j].
+    let mut out = [_mm512_setzero_si512(); STRIP];
+    for j in 0..4 {
+        let (a, b, c, d) = (u[j], u[4 + j], u[8 + j], u[12 + j]);
+        let x0 = _mm512_shuffle_i32x4::<0x44>(a, b);
+        let x1 = _mm512_shuffle_i32x4::<0xee>(a, b);
+        let y0 = _mm512_shuffle_i32x4::<0x44>(c, d);
+        let y1 = _mm512_shuffle_i32x4::<0xee>(c, d);
+        out[j] = _mm512_shuffle_i32x4::<0x88>(x0, y0);
+        out[4 + j] = _mm512_shuffle_i32x4::<0xdd>(x0, y0);
+        out[8 + j] = _mm512_shuffle_i32x4::<0x88>(x1, y1);
+        out[12 + j] = _mm512_shuffle_i32x4::<0xdd>(x1, y1);
+    }
+    out
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 unsafe fn pack_q4k(w: &TensorView<'_>, r0: usize, panel: &mut [Lanes]) {
-    pack_rows::<Q4K_LANES>(w, r0, panel, |blk, out| {
+    let unpack = |blk: &[u8], out: &mut [u32; Q4K_LANES]| {
         // SAFETY: the enclosing function's target features are the helper's.
         unsafe { unpack_q4k(&as_blocks::<BlockQ4K>(blk)[0], out) }
-    });
+    };
+    // SAFETY: this function's target features include AVX-512 F.
+    unsafe { pack_rows::<Q4K_LANES>(w, r0, panel, unpack) };
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 unsafe fn pack_q6k(w: &TensorView<'_>, r0: usize, panel: &mut [Lanes]) {
-    pack_rows::<Q6K_LANES>(w, r0, panel, |blk, out| {
+    let unpack = |blk: &[u8], out: &mut [u32; Q6K_LANES]| {
         // SAFETY: the enclosing function's target features are the helper's.
         unsafe { unpack_q6k(&as_blocks::<BlockQ6K>(blk)[0], out) }
-    });
+    };
+    // SAFETY: this function's target features include AVX-512 F.
+    unsafe { pack_rows::<Q6K_LANES>(w, r0, panel, unpack) };
 }
 
 /// One row's Q4_K super-block as its panel lanes.
@@ -367,5 +431,32 @@ unsafe fn tile_q6k<const T: usize>(a: &Acts, t0: usize, out: OutPtr, r0: usize) 
             }
         }
         store(&acc, out, r0, t0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+
+    #[test]
+    fn transpose_matches_scalar() {
+        if !super::super::SimdLevel::Avx512Vnni.is_available() {
+            return;
+        }
+        let mut rng = Rng::new(5);
+        let mut tmp = [[0u32; 37]; STRIP];
+        for row in &mut tmp {
+            for v in row.iter_mut() {
+                *v = rng.next_u64() as u32;
+            }
+        }
+        let mut dst = vec![Lanes::default(); 38];
+        // SAFETY: AVX-512 F is available (checked above).
+        unsafe { transpose(&tmp, &mut dst) };
+        for g in 0..37 {
+            assert_eq!(dst[g].0, std::array::from_fn(|l| tmp[l][g]), "column {g}");
+        }
+        assert_eq!(dst[37].0, [0; STRIP]);
     }
 }

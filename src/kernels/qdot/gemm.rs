@@ -1,6 +1,6 @@
-//! Prompt-sized matrix products on AVX-512 VNNI: weights repacked per task into panels of 32
-//! rows whose bytes interleave the rows, then multiplied by register tiles of 32 rows x 4
-//! tokens.
+//! Prompt-sized matrix products on AVX-512 VNNI and on AVX2: weights repacked per task into
+//! panels of 32 rows whose bytes interleave the rows, then multiplied by register tiles of 32
+//! rows x 4 tokens.
 //!
 //! The row kernels of [`super::qmatmul`] dot one weight row with up to eight tokens at a time,
 //! so every 32 weights cost a decode, a horizontal layout and a float step per token. Here a
@@ -17,8 +17,8 @@
 //! no fused multiply-add. So the results equal the plain kernels' bit for bit, whatever the
 //! tiling or the thread count (tested in `tests.rs`); they differ from the AVX-512 row kernels'
 //! (which sum 16 lanes of blocks at the end) by float rounding only. Products of fewer than
-//! [`MIN_TOK`] tokens (decoding) keep the row kernels: there the panel would cost more than it
-//! saves.
+//! [`min_tok`] tokens (decoding; 16, or 4 for AVX2's 32-value blocks) keep the row kernels:
+//! there the panel would cost more than it saves.
 //!
 //! | weights            | panel per block (per 16 rows)                            | file               |
 //! |--------------------|----------------------------------------------------------|--------------------|
@@ -26,6 +26,14 @@
 //! | Q4_1 Q5_1          | 8 weight vectors, scales, mins                           | `avx512_gemm.rs`   |
 //! | Q4_K               | 64 weight vectors, 8 sub-block scales, mins in pairs, d, dmin | `avx512_gemm_k.rs` |
 //! | Q6_K               | 64 weight vectors, 16 sub-block scales, scales in pairs, d | `avx512_gemm_k.rs` |
+//!
+//! The AVX2 GEMM (`avx2_gemm.rs`, `avx2_gemm_k.rs`; CPUs without AVX-512, or `DSRUN_SIMD=avx2`)
+//! uses panels of the same shape, each 16-row vector read as two 256-bit halves of 8 rows, and
+//! `vpmaddubsw` + `vpmaddwd` where AVX-512 has `vpdpbusd` (the values stored so that no i16
+//! sum can saturate: see `avx2_gemm.rs`); its results equal the plain kernels' bit for bit too.
+//! Measured (2026-11-29, same machine under load, CPU time of `DSRUN_SIMD=avx2 /usr/bin/time
+//! dsrun bench -m MODEL -p 512 -n 0 -r 1 -t 1`, before = the AVX2 row kernels at commit
+//! 2e6441a): SmolLM2-135M Q4_1 8.48 s -> 1.83 s user, gemma-3-270m Q4_K_M 5.38 s -> 1.63 s.
 //!
 //! Measured (2026-11-29, the 2-core AMD EPYC with AVX-512 VNNI, under a load average of 15-20
 //! from other builds, so as CPU time: `perf stat -e task-clock dsrun bench -m MODEL -p 512 -n 0
@@ -54,8 +62,36 @@ pub(super) const PANEL: usize = STRIP * RV;
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(super) const TOK: usize = 4;
 
-/// Products of fewer tokens use the row kernels.
+/// Every GEMM takes products of this many tokens or more ([`min_tok`] gives each its own
+/// threshold, at most this).
 pub const MIN_TOK: usize = 16;
+
+/// The fewest tokens for which [`super::qmatmul_acts_at`] at `level` sends a product of `ty`
+/// through the GEMM rather than the row kernels: where the GEMM was faster, products of 768 x
+/// 2048 (a 30B-A3B expert) on one thread, minimum of 60 runs each (2026-11-29):
+///
+/// - AVX-512 VNNI: from [`MIN_TOK`] for now, though the GEMM is faster from 4 tokens (Q4_K
+///   0.07 ms vs the row kernels' 0.10, Q6_K 0.08 vs 0.09, Q8_0 0.08 vs 0.17, Q4_0 0.07 vs
+///   0.18; at 14 tokens Q4_K 0.11 vs 0.27, Q8_0 0.12 vs 0.37; at 2 tokens Q4_K and Q6_K are
+///   slower). With 4, `tests/gpu_forward.rs` fails: the tiny MoE's last prompt row, decoded
+///   token by token on the GPU, is 7.1e-4 (rel. L2) from the CPU's batch, against a bound of
+///   1e-5. The CPU's plain kernels (`DSRUN_SIMD=plain`, whose float order the GEMM follows)
+///   give the same 7.1e-4 with the threshold at 16, so that test passes only with the
+///   AVX-512 row kernels' summation order; lowering this threshold waits for a decision on
+///   that bound.
+/// - AVX2, the 32-value blocks: from 4 tokens (Q8_0 0.21 vs 0.31 ms, Q4_1 0.41 vs 0.41; at 8
+///   tokens 0.25 vs 0.61 and 0.45 vs 0.81). Q4_K and Q6_K: from [`MIN_TOK`], their panels
+///   being unpacked by scalar code (at 12 tokens Q4_K 0.45 vs 0.34 ms, Q6_K 0.85 vs 0.48).
+///
+/// This is the one place that decides; the batched experts ([`crate::model::moe`]) and the
+/// tests go through it.
+pub fn min_tok(level: SimdLevel, ty: GgmlType) -> usize {
+    match (level, ty) {
+        (SimdLevel::Avx2, GgmlType::Q4K | GgmlType::Q6K) => MIN_TOK,
+        (SimdLevel::Avx2, _) => 4,
+        _ => MIN_TOK,
+    }
+}
 
 /// One 512-bit vector of a panel: 16 lanes of 32 bits (four u8 weights, an i32 scale, a pair
 /// of i16 or an f32, depending on the slot).
@@ -99,6 +135,8 @@ pub(super) fn format(level: SimdLevel, ty: GgmlType) -> Option<Format> {
         SimdLevel::Avx512Vnni => {
             super::avx512_gemm::format(ty).or_else(|| super::avx512_gemm_k::format(ty))
         }
+        #[cfg(target_arch = "x86_64")]
+        SimdLevel::Avx2 => super::avx2_gemm::format(ty).or_else(|| super::avx2_gemm_k::format(ty)),
         _ => {
             let _ = ty;
             None
@@ -109,7 +147,7 @@ pub(super) fn format(level: SimdLevel, ty: GgmlType) -> Option<Format> {
 /// Whether [`super::qmatmul_acts_at`] at `level` runs `n_tok` tokens of `ty` through the GEMM
 /// (whose results then equal the plain kernels') rather than the level's row kernels.
 pub fn uses_gemm(level: SimdLevel, ty: GgmlType, n_tok: usize) -> bool {
-    n_tok >= MIN_TOK && format(level, ty).is_some()
+    n_tok >= min_tok(level, ty) && format(level, ty).is_some()
 }
 
 /// `out[t][r] = W[r] · acts[t]` through panels: rows are split into tasks of whole panels

@@ -28,11 +28,12 @@
 //! call ([`avx512_rows`]: loads interleaved, prefetched, one shared reduction); its results equal
 //! the single-row kernel's bit for bit too.
 //!
-//! Prompts (16 tokens or more) of Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL, Q4_K and Q6_K on
-//! AVX-512 VNNI CPUs go through [`gemm`] instead: weights unpacked per task into panels of 32
-//! interleaved rows and multiplied by 32 x 4 register tiles, with the plain kernels' arithmetic
-//! (results equal to them bit for bit). The activations are quantized by AVX-512 twins of the
-//! reference quantizers there ([`q8_avx512`], equal bit for bit).
+//! Products of 16 tokens or more (4 for some, see [`gemm::min_tok`]) of Q4_0, Q4_1, Q5_0,
+//! Q5_1, Q8_0, IQ4_NL, Q4_K and Q6_K on AVX-512 VNNI and AVX2 CPUs go through [`gemm`]
+//! instead: weights unpacked per task into panels of 32 interleaved rows and multiplied by
+//! register tiles of 32 rows x 4 tokens, with the plain kernels' arithmetic (results equal to
+//! them bit for bit). The activations are quantized by AVX-512 twins of the reference
+//! quantizers there ([`q8_avx512`], equal bit for bit).
 //!
 //! Layout of the quantized activations ([`QuantizedActs`]): struct-of-arrays rather than ggml's
 //! packed blocks, so SIMD loads are contiguous and scales are already f32. The values are exactly
@@ -46,6 +47,10 @@ mod qmatmul;
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx2_gemm;
+#[cfg(target_arch = "x86_64")]
+mod avx2_gemm_k;
 #[cfg(target_arch = "x86_64")]
 mod avx2_k;
 #[cfg(target_arch = "x86_64")]

@@ -6,9 +6,10 @@
 //! of n tokens streams the weights from memory once per task, not n times. Each output element
 //! is one kernel call whatever the tiling, so the result does not depend on the thread count.
 //!
-//! On AVX-512 VNNI CPUs, products over all of [`super::gemm::MIN_TOK`] tokens or more of the
-//! types in [`super::gemm`]'s table go through that GEMM instead (repacked panels, register
-//! tiles); its results equal the plain kernels' bit for bit, again whatever the thread count.
+//! On AVX-512 VNNI and AVX2 CPUs, products over all of [`super::gemm::min_tok`] tokens or more
+//! of the types in [`super::gemm`]'s table go through that GEMM instead (repacked panels,
+//! register tiles); its results equal the plain kernels' bit for bit, again whatever the
+//! thread count.
 
 use super::{
     gemm, quantize_acts, selected_level, ActRow, Kernel, QuantizedActs, SimdLevel, MULTI, ROWS,
@@ -108,7 +109,7 @@ pub fn qmatmul_batch_at(level: SimdLevel, products: &mut [Product<'_>]) {
             Tokens::Range(a, b) => b.saturating_sub(a),
             Tokens::List(l) => l.len(),
         };
-        if n_sel >= gemm::MIN_TOK {
+        if n_sel >= gemm::min_tok(level, p.w.ty) {
             if let Some(f) = gemm::format(level, p.w.ty) {
                 // Checks the shapes, and that the CPU has `level` (`Kernel::new`).
                 drop(prepare(level, p));

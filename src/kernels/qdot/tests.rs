@@ -447,10 +447,15 @@ fn qmatmul_matches_matmul_and_vec_dot() {
 /// token counts that leave partial tiles, 1 and 2 threads.
 #[test]
 fn gemm_matches_plain_bit_for_bit() {
+    for level in SimdLevel::available() {
+        gemm_matches_plain_at(level);
+    }
+}
+
+/// [`gemm_matches_plain_bit_for_bit`] at one level (every level with a GEMM is checked, so the
+/// AVX2 GEMM runs on AVX-512 machines too).
+fn gemm_matches_plain_at(level: SimdLevel) {
     let mut rng = Rng::new(2026);
-    let Some(&level) = SimdLevel::available().last() else {
-        return;
-    };
     let types = [
         GgmlType::Q4_0,
         GgmlType::Q5_0,
@@ -467,7 +472,17 @@ fn gemm_matches_plain_bit_for_bit() {
             continue;
         }
         let bs = ty.block_size().unwrap();
-        for (n_blocks, m, n_tok) in [(1, 1, 16), (3, 37, 19), (7, 64, 17), (2, 100, 35)] {
+        for (n_blocks, m, n_tok) in [
+            (1, 1, 16),
+            (3, 37, 19),
+            (7, 64, 17),
+            (2, 100, 35),
+            (2, 40, 4),
+            (3, 33, 7),
+        ] {
+            if !uses_gemm(level, ty, n_tok) {
+                continue;
+            }
             let k = n_blocks * bs;
             for random in [true, false] {
                 let wb = if random {
@@ -507,8 +522,64 @@ fn gemm_matches_plain_bit_for_bit() {
             }
         }
     }
-    if level == SimdLevel::Avx512Vnni {
-        assert_eq!(checked, types.len() * 16);
+    if matches!(level, SimdLevel::Avx512Vnni | SimdLevel::Avx2) {
+        assert!(checked >= types.len() * 16, "{level:?}");
+    }
+}
+
+/// The GEMMs at their integer limits: every weight at the value of largest magnitude the
+/// kernels multiply (the AVX2 GEMM's i16 sums are closest to saturating there) and every
+/// activation at +127 or -127, still equal to the plain kernels bit for bit.
+#[test]
+fn gemm_extreme_values_match_plain() {
+    let mut rng = Rng::new(77);
+    // Per type: the byte range of a block's quants, and the byte that makes them extreme
+    // (nibbles 15 and high bits set; Q8_0's -128; IQ4_NL's nibble 0, value -127).
+    let types = [
+        (GgmlType::Q4_0, 2..18, 0xff),
+        (GgmlType::Q4_1, 4..20, 0xff),
+        (GgmlType::Q5_0, 2..22, 0xff),
+        (GgmlType::Q5_1, 4..24, 0xff),
+        (GgmlType::Q8_0, 2..34, 0x80),
+        (GgmlType::Iq4Nl, 2..18, 0x00),
+        (GgmlType::Q4K, 16..144, 0xff),
+        (GgmlType::Q6K, 0..192, 0xff),
+    ];
+    let mut checked = 0;
+    for level in SimdLevel::available() {
+        for (ty, quants, byte) in types.clone() {
+            if !uses_gemm(level, ty, gemm::MIN_TOK) {
+                continue;
+            }
+            let (k, m, n_tok) = (2 * 256, 40, 18);
+            let mut wb = random_rows(ty, k, m, &mut rng);
+            for b in wb.chunks_exact_mut(ty.type_size().unwrap()) {
+                b[quants.clone()].fill(byte);
+            }
+            let view = TensorView {
+                name: "w",
+                ty,
+                n_cols: k,
+                n_rows: m,
+                row_bytes: ty.row_bytes(k as u64).unwrap() as usize,
+                data: &wb,
+            };
+            for sign in [1.0f32, -1.0] {
+                let a = quantize_acts(ty, &vec![sign; n_tok * k], n_tok, k);
+                let mut got = vec![f32::NAN; n_tok * m];
+                qmatmul_acts_at(level, &view, &a, &mut got);
+                for t in 0..n_tok {
+                    for r in 0..m {
+                        let want = vec_dot_at(SimdLevel::Plain, ty, view.row(r), &a, t);
+                        assert_eq!(got[t * m + r].to_bits(), want.to_bits(), "{ty} {level:?}");
+                    }
+                }
+                checked += 1;
+            }
+        }
+    }
+    if SimdLevel::available().contains(&SimdLevel::Avx2) {
+        assert!(checked >= types.len() * 2);
     }
 }
 
