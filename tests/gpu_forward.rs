@@ -196,8 +196,20 @@ fn gap(gpu: &[f32], cpu: &[f32]) -> Gap {
     }
 }
 
+/// The last token's logits after feeding `ids` one token at a time.
+fn decoded(model: &Model, ids: &[u32]) -> Vec<f32> {
+    let mut s = Session::new(model, 64, 512).unwrap();
+    let mut next = Vec::new();
+    for &t in ids {
+        next = s.eval(&[t]).unwrap();
+    }
+    next
+}
+
 /// The prompt's logits on the GPU (as one batch with every row, and token by token) against the
-/// CPU's: relative L2 under `max_rel` and KL divergence under `max_kld` on every row.
+/// CPU's (the same way: the CPU's batch takes the GEMM for products of a few tokens or more, whose
+/// float order is not the row kernels'): relative L2 under `max_rel` and KL divergence under
+/// `max_kld` on every row.
 fn logits_close(name: &str, opts: GpuOptions, max_rel: f64, max_kld: f64) {
     let Some(ctx) = gpu() else { return };
     let file = GgufFile::open(common::model(name)).unwrap();
@@ -208,20 +220,19 @@ fn logits_close(name: &str, opts: GpuOptions, max_rel: f64, max_kld: f64) {
         .unwrap()
         .eval_all(&ids)
         .unwrap();
+    let cpu_next = decoded(&model, &ids);
     model.use_gpu(Arc::new(ctx), opts).unwrap();
     let all = Session::new(&model, 64, 512)
         .unwrap()
         .eval_all(&ids)
         .unwrap();
-    let mut s = Session::new(&model, 64, 512).unwrap();
-    let mut next = Vec::new();
-    for &t in &ids {
-        next = s.eval(&[t]).unwrap();
-    }
+    let next = decoded(&model, &ids);
     assert_eq!(all.len(), cpu.len());
-    let last = cpu.chunks(n_vocab).last().unwrap();
     let rows = all.chunks(n_vocab).chain([&next[..]]);
-    for (i, (g, c)) in rows.zip(cpu.chunks(n_vocab).chain([last])).enumerate() {
+    for (i, (g, c)) in rows
+        .zip(cpu.chunks(n_vocab).chain([&cpu_next[..]]))
+        .enumerate()
+    {
         let d = gap(g, c);
         eprintln!("{name} row {i}: rel L2 {:.2e}, KLD {:.2e}", d.rel, d.kld);
         assert!(
@@ -236,19 +247,24 @@ fn logits_close(name: &str, opts: GpuOptions, max_rel: f64, max_kld: f64) {
 
 #[test]
 fn logits_on_gpu_are_close_to_cpu() {
-    // The tiny MoE's Q8_0 products are exact on both sides but for summation order.
-    logits_close(common::TINY_Q8, GpuOptions::default(), 1e-5, 1e-8);
+    // The tiny MoE's Q8_0 products are exact on both sides but for summation order; the next
+    // layer's 8-bit activations can turn that into a whole step: most rows agree to 1e-7, but
+    // with the CPU's batch in the GEMM's (plain) float order and the GPU's in its own, one row of
+    // this prompt differs by rel L2 7.1e-4, KLD 3e-6 (2026-11-29).
+    const Q8_REL: f64 = 2e-3;
+    const Q8_KLD: f64 = 1e-5;
+    logits_close(common::TINY_Q8, GpuOptions::default(), Q8_REL, Q8_KLD);
     let cpu_experts = GpuOptions {
         n_cpu_moe: 6,
         ..Default::default()
     };
-    logits_close(common::TINY_Q8, cpu_experts, 1e-5, 1e-8);
+    logits_close(common::TINY_Q8, cpu_experts, Q8_REL, Q8_KLD);
     let half = GpuOptions {
         n_gpu_layers: Some(4),
         n_cpu_moe: 4,
         ..Default::default()
     };
-    logits_close(common::TINY_Q8, half, 1e-5, 1e-8);
+    logits_close(common::TINY_Q8, half, Q8_REL, Q8_KLD);
     // Q4_K_M all on the GPU, with the experts in RAM, and with 4 of each layer's cached in VRAM.
     // Its activations are rounded to Q8_K, whose 8-bit grid turns the last-bit differences of
     // the two sides into a few whole steps: seen up to rel L2 1.6e-3, KLD 2.1e-5 (all on the
