@@ -30,6 +30,7 @@
 use std::arch::x86_64::*;
 
 use super::avx2_gemm::{bcast4, half, store};
+use super::avx512_gemm_k::prep_q4k;
 use super::gemm::{Format, Lanes, OutPtr, RV, STRIP, TOK};
 use super::plain::k4_scales_mins_packed;
 use super::{QuantizedActs, QK_K};
@@ -59,19 +60,6 @@ pub(super) fn format(ty: GgmlType) -> Option<Format> {
         },
         _ => return None,
     })
-}
-
-/// Per token and super-block, the four pairs of 32-value activation sums
-/// (`bsums[2j] + bsums[2j + 1]` for j = 2i, 2i + 1) as i16 pairs in an i32.
-fn prep_q4k(acts: &QuantizedActs) -> Vec<i32> {
-    acts.bsums
-        .chunks_exact(4)
-        .map(|s| {
-            let lo = (s[0] as i32 + s[1] as i32) as u16 as u32;
-            let hi = (s[2] as i32 + s[3] as i32) as u16 as u32;
-            (lo | hi << 16) as i32
-        })
-        .collect()
 }
 
 /// Two i16 as one lane.

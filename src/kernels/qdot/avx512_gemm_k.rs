@@ -58,7 +58,7 @@ pub(super) fn format(ty: GgmlType) -> Option<Format> {
 
 /// Per token and super-block, the four pairs of 32-value activation sums
 /// (`bsums[2j] + bsums[2j + 1]` for j = 2i, 2i + 1) as i16 pairs in an i32.
-fn prep_q4k(acts: &QuantizedActs) -> Vec<i32> {
+pub(super) fn prep_q4k(acts: &QuantizedActs) -> Vec<i32> {
     acts.bsums
         .chunks_exact(4)
         .map(|s| {
