@@ -8,6 +8,7 @@ pub mod norm;
 pub mod qdot;
 pub mod rope;
 pub mod softmax;
+pub mod softmax_lanes;
 
 use crate::tensor::TensorView;
 use std::sync::OnceLock;

@@ -10,7 +10,9 @@
 //!   lands nearest llama.cpp (perplexity 0.1% away where a pairwise order gives 0.4%). The SIMD
 //!   kernel takes eight keys at once and transposes the eight accumulators, so the lane-order
 //!   sum of all eight is seven vector adds;
-//! - softmax is shared scalar code;
+//! - softmax is `softmax_lanes`: a polynomial `exp` and 16 partial sums, the same values from
+//!   its scalar twin and its AVX-512 form (libm's `expf` and an in-order sum had been a third
+//!   of a small model's prompt time);
 //! - the value sum runs over keys in order for each output element, one vector of eight
 //!   output elements at a time, or sixteen with AVX-512 ([`avx512`]), in passes of up to 64
 //!   (AVX2) or 256 (AVX-512) elements whose accumulators stay in registers.
@@ -30,7 +32,7 @@ mod plain;
 mod tests;
 
 use super::qdot::{selected_level, SimdLevel};
-use super::softmax::softmax;
+use super::softmax_lanes;
 
 /// One batch of queries against the cache rows they may see.
 #[derive(Debug, Clone, Copy)]
@@ -91,19 +93,34 @@ struct Kernels {
     scores: fn(q: &[f32], k: &[f32], stride: usize, scale: f32, s: &mut [f32]),
     /// `o = sum_j p[j] * v_rows[j]`, keys in order; `v` as `k` above.
     values: fn(p: &[f32], v: &[f32], stride: usize, o: &mut [f32]),
+    /// Softmax of a score row in place (`softmax_lanes`: the same values at every level).
+    softmax: fn(&mut [f32]),
+}
+
+#[cfg(target_arch = "x86_64")]
+fn softmax_avx512(x: &mut [f32]) {
+    // SAFETY: selected only where AVX-512 F is available (`kernels_for`).
+    unsafe { softmax_lanes::softmax_avx512(x) }
 }
 
 fn kernels_for(level: SimdLevel, head_dim: usize) -> Kernels {
     let plain = Kernels {
         scores: plain::scores,
         values: plain::values,
+        softmax: softmax_lanes::softmax_plain,
     };
     #[cfg(target_arch = "x86_64")]
     if level >= SimdLevel::Avx2 && level.is_available() && head_dim.is_multiple_of(8) {
         let wide = level >= SimdLevel::Avx512Vnni && head_dim.is_multiple_of(16);
+        let avx512 = level >= SimdLevel::Avx512Vnni;
         return Kernels {
             scores: avx2::scores,
             values: if wide { avx512::values } else { avx2::values },
+            softmax: if avx512 {
+                softmax_avx512
+            } else {
+                softmax_lanes::softmax_plain
+            },
         };
     }
     let _ = (level, head_dim);
@@ -134,10 +151,10 @@ pub fn attention_at(level: SimdLevel, inp: &AttnInput<'_>, out: &mut [f32]) {
         (kern.scores)(q, &inp.k[off..], kv_dim, inp.scale, s);
         if let Some(sinks) = inp.sinks {
             s.push(sinks[head]);
-            softmax(s);
+            (kern.softmax)(s);
             s.pop();
         } else {
-            softmax(s);
+            (kern.softmax)(s);
         }
         (kern.values)(s, &inp.v[off..], kv_dim, o);
     };
@@ -225,9 +242,9 @@ fn grouped(inp: &AttnInput<'_>, kern: Kernels, s: &mut Vec<f32>, idx: usize, o: 
         match inp.sinks {
             Some(sinks) => {
                 r[n] = sinks[head0 + h];
-                softmax(r);
+                (kern.softmax)(r);
             }
-            None => softmax(&mut r[..n]),
+            None => (kern.softmax)(&mut r[..n]),
         }
     }
     let mut h = 0;
