@@ -30,7 +30,7 @@
 use std::arch::x86_64::*;
 
 use super::avx2_gemm::{bcast4, half, store};
-use super::avx512_gemm_k::prep_q4k;
+use super::avx512_gemm_k::{prep_q4k, Acts, Q4K_LANES, Q6K_LANES};
 use super::gemm::{Format, Lanes, OutPtr, RV, STRIP, TOK};
 use super::plain::k4_scales_mins_packed;
 use super::{QuantizedActs, QK_K};
@@ -38,9 +38,6 @@ use crate::tensor::quants::as_blocks;
 use crate::tensor::quants::float::f16_to_f32;
 use crate::tensor::quants::k_quants::{BlockQ4K, BlockQ6K};
 use crate::tensor::{GgmlType, TensorView};
-
-const Q4K_LANES: usize = 78;
-const Q6K_LANES: usize = 89;
 
 pub(super) fn format(ty: GgmlType) -> Option<Format> {
     Some(match ty {
@@ -158,19 +155,6 @@ unsafe fn pack_q6k(w: &TensorView<'_>, r0: usize, panel: &mut [Lanes]) {
     });
 }
 
-/// The panel and the activations, as raw pointers for the microkernels.
-struct Acts {
-    panel: *const Lanes,
-    /// (n_tok, k) quants.
-    qs: *const i8,
-    /// (n_tok, n_sb) scales.
-    d: *const f32,
-    /// Q4_K: (n_tok, n_sb, 4) pairs of 32-value sums; Q6_K: (n_tok, k / 16) 16-value sums.
-    sums: *const u8,
-    n_sb: usize,
-    k: usize,
-}
-
 /// Q4_K (`Q6 = false`) or Q6_K.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn run_k<const Q6: bool>(
@@ -180,28 +164,10 @@ unsafe fn run_k<const Q6: bool>(
     out: OutPtr,
     r0: usize,
 ) {
-    let (n_tok, k) = (acts.n_tok(), acts.k());
-    let n_sb = k / QK_K;
-    let lanes = if Q6 { Q6K_LANES } else { Q4K_LANES };
-    assert_eq!(panel.len(), n_sb * RV * lanes);
-    assert!(acts.qs.len() == n_tok * k && acts.d.len() == n_tok * n_sb && r0 < out.m);
-    let sums: *const u8 = if Q6 {
-        assert_eq!(acts.bsums.len(), n_tok * k / 16);
-        acts.bsums.as_ptr().cast()
-    } else {
-        assert_eq!(extra.len(), n_tok * n_sb * 4);
-        extra.as_ptr().cast()
-    };
-    let a = Acts {
-        panel: panel.as_ptr(),
-        qs: acts.qs.as_ptr(),
-        d: acts.d.as_ptr(),
-        sums,
-        n_sb,
-        k,
-    };
+    let n_tok = acts.n_tok();
+    let a = Acts::new::<Q6>(panel, acts, extra, out, r0);
     let mut t0 = 0;
-    // SAFETY (all calls): the pointers cover (n_tok, ...) as asserted above, the tiles read
+    // SAFETY (all calls): the pointers cover (n_tok, ...) as `Acts::new` asserted, the tiles read
     // tokens t0..t0 + T <= n_tok only, and this function's target features are theirs.
     unsafe {
         let tile_fn = |t0: usize, n: usize| match (Q6, n) {

@@ -33,8 +33,8 @@ use crate::tensor::quants::float::f16_to_f32;
 use crate::tensor::quants::k_quants::{BlockQ4K, BlockQ6K};
 use crate::tensor::{GgmlType, TensorView};
 
-const Q4K_LANES: usize = 78;
-const Q6K_LANES: usize = 89;
+pub(super) const Q4K_LANES: usize = 78;
+pub(super) const Q6K_LANES: usize = 89;
 
 pub(super) fn format(ty: GgmlType) -> Option<Format> {
     Some(match ty {
@@ -254,17 +254,49 @@ unsafe fn unpack_q6k(b: &BlockQ6K, out: &mut [u32; Q6K_LANES]) {
     out[88] = f16_to_f32(b.d).to_bits();
 }
 
-/// The panel and the activations, as raw pointers for the microkernels.
-struct Acts {
-    panel: *const Lanes,
+/// The panel and the activations, as raw pointers for the microkernels (AVX-512 and AVX2).
+pub(super) struct Acts {
+    pub panel: *const Lanes,
     /// (n_tok, k) quants.
-    qs: *const i8,
+    pub qs: *const i8,
     /// (n_tok, n_sb) scales.
-    d: *const f32,
+    pub d: *const f32,
     /// Q4_K: (n_tok, n_sb, 4) pairs of 32-value sums; Q6_K: (n_tok, k / 16) 16-value sums.
-    sums: *const u8,
-    n_sb: usize,
-    k: usize,
+    pub sums: *const u8,
+    pub n_sb: usize,
+    pub k: usize,
+}
+
+impl Acts {
+    /// Checks the shapes a Q4_K (`Q6 = false`) or Q6_K tile reads and takes their pointers.
+    pub(super) fn new<const Q6: bool>(
+        panel: &[Lanes],
+        acts: &QuantizedActs,
+        extra: &[i32],
+        out: OutPtr,
+        r0: usize,
+    ) -> Acts {
+        let (n_tok, k) = (acts.n_tok(), acts.k());
+        let n_sb = k / QK_K;
+        let lanes = if Q6 { Q6K_LANES } else { Q4K_LANES };
+        assert_eq!(panel.len(), n_sb * RV * lanes);
+        assert!(acts.qs.len() == n_tok * k && acts.d.len() == n_tok * n_sb && r0 < out.m);
+        let sums: *const u8 = if Q6 {
+            assert_eq!(acts.bsums.len(), n_tok * k / 16);
+            acts.bsums.as_ptr().cast()
+        } else {
+            assert_eq!(extra.len(), n_tok * n_sb * 4);
+            extra.as_ptr().cast()
+        };
+        Acts {
+            panel: panel.as_ptr(),
+            qs: acts.qs.as_ptr(),
+            d: acts.d.as_ptr(),
+            sums,
+            n_sb,
+            k,
+        }
+    }
 }
 
 /// Q4_K (`Q6 = false`) or Q6_K.
@@ -276,28 +308,10 @@ unsafe fn run_k<const Q6: bool>(
     out: OutPtr,
     r0: usize,
 ) {
-    let (n_tok, k) = (acts.n_tok(), acts.k());
-    let n_sb = k / QK_K;
-    let lanes = if Q6 { Q6K_LANES } else { Q4K_LANES };
-    assert_eq!(panel.len(), n_sb * RV * lanes);
-    assert!(acts.qs.len() == n_tok * k && acts.d.len() == n_tok * n_sb && r0 < out.m);
-    let sums: *const u8 = if Q6 {
-        assert_eq!(acts.bsums.len(), n_tok * k / 16);
-        acts.bsums.as_ptr().cast()
-    } else {
-        assert_eq!(extra.len(), n_tok * n_sb * 4);
-        extra.as_ptr().cast()
-    };
-    let a = Acts {
-        panel: panel.as_ptr(),
-        qs: acts.qs.as_ptr(),
-        d: acts.d.as_ptr(),
-        sums,
-        n_sb,
-        k,
-    };
+    let n_tok = acts.n_tok();
+    let a = Acts::new::<Q6>(panel, acts, extra, out, r0);
     let mut t0 = 0;
-    // SAFETY (all calls): the pointers cover (n_tok, ...) as asserted above, the tiles read
+    // SAFETY (all calls): the pointers cover (n_tok, ...) as `Acts::new` asserted, the tiles read
     // tokens t0..t0 + T < n_tok only, and this function's target features are theirs.
     unsafe {
         let tile_fn = |t0: usize, n: usize| match (Q6, n) {
