@@ -10,7 +10,7 @@
 
 use std::arch::x86_64::*;
 
-use super::avx2::{f16x1, hsum_ps, load128, load256, load_i8x32, lookup32};
+use super::avx2::{f16x1, hsum_ps, load128, load256, load_i8x32, lookup32, prefetch_ahead};
 use super::plain::{iq4_xs_scales, k4_scales_mins_packed};
 use super::{ActRow, DotFn, QK_K};
 use crate::tensor::quants::as_blocks;
@@ -116,7 +116,12 @@ unsafe fn k4<const HIGH: bool>(
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q4_k(w: &[u8], a: &ActRow<'_>) -> f32 {
     let (mut acc, mut acc_m) = (_mm256_setzero_ps(), _mm_setzero_ps());
-    for (b, y) in as_blocks::<BlockQ4K>(w).iter().zip(q8k_blocks(a)) {
+    for (i, (b, y)) in as_blocks::<BlockQ4K>(w)
+        .iter()
+        .zip(q8k_blocks(a))
+        .enumerate()
+    {
+        prefetch_ahead(w, i * size_of::<BlockQ4K>(), size_of::<BlockQ4K>());
         // SAFETY (this block and below): this function's target features are the helpers'.
         unsafe {
             let d = (f16x1(b.d), f16x1(b.dmin));
@@ -129,7 +134,12 @@ unsafe fn q4_k(w: &[u8], a: &ActRow<'_>) -> f32 {
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q5_k(w: &[u8], a: &ActRow<'_>) -> f32 {
     let (mut acc, mut acc_m) = (_mm256_setzero_ps(), _mm_setzero_ps());
-    for (b, y) in as_blocks::<BlockQ5K>(w).iter().zip(q8k_blocks(a)) {
+    for (i, (b, y)) in as_blocks::<BlockQ5K>(w)
+        .iter()
+        .zip(q8k_blocks(a))
+        .enumerate()
+    {
+        prefetch_ahead(w, i * size_of::<BlockQ5K>(), size_of::<BlockQ5K>());
         // SAFETY (this block and below): this function's target features are the helpers'.
         unsafe {
             let d = (f16x1(b.d), f16x1(b.dmin));
@@ -150,7 +160,12 @@ unsafe fn q6_k(w: &[u8], a: &ActRow<'_>) -> f32 {
     let m4 = _mm256_set1_epi8(0x0f);
     let m_hi = _mm256_set1_epi8(0x30);
     let mut acc = _mm256_setzero_ps();
-    for (b, (y, dy, bsums)) in as_blocks::<BlockQ6K>(w).iter().zip(q8k_blocks(a)) {
+    for (i, (b, (y, dy, bsums))) in as_blocks::<BlockQ6K>(w)
+        .iter()
+        .zip(q8k_blocks(a))
+        .enumerate()
+    {
+        prefetch_ahead(w, i * size_of::<BlockQ6K>(), size_of::<BlockQ6K>());
         // SAFETY: this function's target features are the helpers' requirements.
         unsafe {
             let sc = b.scales.map(|s| s as i8);
@@ -206,7 +221,12 @@ unsafe fn q6_k(w: &[u8], a: &ActRow<'_>) -> f32 {
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn iq4_xs(w: &[u8], a: &ActRow<'_>) -> f32 {
     let mut acc = _mm256_setzero_ps();
-    for (b, (y, dy, _)) in as_blocks::<BlockIq4Xs>(w).iter().zip(q8k_blocks(a)) {
+    for (i, (b, (y, dy, _))) in as_blocks::<BlockIq4Xs>(w)
+        .iter()
+        .zip(q8k_blocks(a))
+        .enumerate()
+    {
+        prefetch_ahead(w, i * size_of::<BlockIq4Xs>(), size_of::<BlockIq4Xs>());
         // SAFETY: this function's target features are the helpers' requirements.
         unsafe {
             let ls = iq4_xs_scales(b);

@@ -16,7 +16,7 @@
 
 use std::arch::x86_64::*;
 
-use super::avx2::{load128, load256};
+use super::avx2::{load128, load256, prefetch_ahead};
 use super::{ActRow, DotFn, DotMultiFn, MULTI, QK8_0};
 use crate::tensor::quants::iq::{BlockIq4Nl, KVALUES_IQ4NL};
 use crate::tensor::quants::legacy::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0};
@@ -266,6 +266,7 @@ unsafe fn dot32_n<B: Pair, const N: usize>(w: &[u8], a: &[ActRow<'_>; N]) -> [f3
     let halves = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
     for b0 in (0..n_blocks).step_by(GROUP) {
         let gb = &blocks[b0..n_blocks.min(b0 + GROUP)];
+        prefetch_ahead(w, b0 * size_of::<B>(), size_of_val(gb));
         let mask = group_mask(gb.len());
         // SAFETY (this block and below): this function's target features are the helpers';
         // masked loads read only the group's blocks of each activation array (asserted long

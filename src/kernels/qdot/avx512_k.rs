@@ -15,7 +15,7 @@
 
 use std::arch::x86_64::*;
 
-use super::avx2::{f16x1, load128, load256};
+use super::avx2::{f16x1, load128, load256, prefetch_ahead};
 use super::avx2_k::load_bsums;
 use super::avx512::{load_i8x64, table_u8};
 use super::plain::{iq4_xs_scales, k4_scales_mins_packed};
@@ -150,6 +150,7 @@ unsafe fn q4_k_n<const N: usize>(w: &[u8], a: &[ActRow<'_>; N]) -> [f32; N] {
     let r = Rows::new(a);
     let mut acc = [_mm512_setzero_ps(); N];
     for (i, b) in as_blocks::<BlockQ4K>(w).iter().enumerate() {
+        prefetch_ahead(w, i * size_of::<BlockQ4K>(), size_of::<BlockQ4K>());
         // SAFETY (this block and below): this function's target features are the helpers'.
         unsafe {
             let d = (f16x1(b.d), f16x1(b.dmin));
@@ -165,6 +166,7 @@ unsafe fn q5_k_n<const N: usize>(w: &[u8], a: &[ActRow<'_>; N]) -> [f32; N] {
     let r = Rows::new(a);
     let mut acc = [_mm512_setzero_ps(); N];
     for (i, b) in as_blocks::<BlockQ5K>(w).iter().enumerate() {
+        prefetch_ahead(w, i * size_of::<BlockQ5K>(), size_of::<BlockQ5K>());
         // SAFETY (this block and below): this function's target features are the helpers'.
         unsafe {
             let d = (f16x1(b.d), f16x1(b.dmin));
@@ -182,6 +184,7 @@ unsafe fn q6_k_n<const N: usize>(w: &[u8], a: &[ActRow<'_>; N]) -> [f32; N] {
     let m_hi = _mm512_set1_epi8(0x30);
     let mut acc = [_mm512_setzero_ps(); N];
     for (i, b) in as_blocks::<BlockQ6K>(w).iter().enumerate() {
+        prefetch_ahead(w, i * size_of::<BlockQ6K>(), size_of::<BlockQ6K>());
         // SAFETY: this function's target features are the helpers' requirements.
         unsafe {
             let sc16 = _mm256_cvtepi8_epi16(load128(&b.scales));
@@ -239,6 +242,7 @@ unsafe fn iq4_xs_n<const N: usize>(w: &[u8], a: &[ActRow<'_>; N]) -> [f32; N] {
     // SAFETY: this function's target features are the helper's requirements.
     let table = unsafe { table_u8(&KVALUES_IQ4NL) };
     for (i, b) in as_blocks::<BlockIq4Xs>(w).iter().enumerate() {
+        prefetch_ahead(w, i * size_of::<BlockIq4Xs>(), size_of::<BlockIq4Xs>());
         // SAFETY: this function's target features are the helpers' requirements.
         unsafe {
             let ls = _mm512_cvtepi8_epi32(_mm_cvtsi64_si128(i64::from_le_bytes(
