@@ -350,6 +350,7 @@ pub fn calibrate(
         }
         rows.push(r);
     }
+    let expert_share: Vec<f32> = s.moe.stats.expert_share().concat();
     let trace = s.moe.stats.trace.take().unwrap_or_default();
     if trace.len() != hp.n_layer {
         return Err(Error::Invalid(
@@ -407,6 +408,11 @@ pub fn calibrate(
             calib_avg_experts: best.avg_experts as f32,
             calib_tokens: n_scored.min(u32::MAX as usize) as u32,
             calib_text: String::new(),
+            expert_share: if expert_share.len() == hp.n_layer * hp.n_expert {
+                expert_share
+            } else {
+                Vec::new()
+            },
         },
         candidates,
         n_evals: c.cache.len(),

@@ -56,7 +56,15 @@ impl<'a> Model<'a> {
     }
 
     /// Uploads the weights to `ctx`'s device; sessions made afterwards run there.
-    pub fn use_gpu(&mut self, ctx: Arc<GpuContext>, opts: GpuOptions) -> Result<()> {
+    /// The expert cache starts from the calibration's expert shares when the file has them.
+    pub fn use_gpu(&mut self, ctx: Arc<GpuContext>, mut opts: GpuOptions) -> Result<()> {
+        if opts.expert_share.is_none() {
+            opts.expert_share = self
+                .moe_calibration
+                .as_ref()
+                .filter(|c| !c.expert_share.is_empty())
+                .map(|c| c.expert_share.clone());
+        }
         let g = GpuModel::new(ctx, &self.hp, &self.weights, opts)?;
         self.gpu = Some(Arc::new(g));
         Ok(())
@@ -172,10 +180,12 @@ impl<'m, 'a> Session<'m, 'a> {
     pub fn set_moe(&mut self, config: MoeConfig) -> Result<()> {
         config.validate(self.model.hp.n_expert, self.model.hp.n_layer)?;
         if self.gpu.is_some() && !config.is_model_default() {
-            return Err(Error::Invalid(
-                "the GPU uses the model's own expert count only: drop --moe-* or use --device cpu"
-                    .into(),
-            ));
+            return Err(Error::Invalid(format!(
+                "the GPU runs the model's own expert count only: a calibrated rule (in the \
+                     file) or --moe-* flags need --device cpu; --moe-top-k {} selects the \
+                     model's own count",
+                self.model.hp.n_expert_used
+            )));
         }
         self.moe.config = config;
         Ok(())

@@ -204,6 +204,14 @@ fn calibrate_round_trip_and_llama_cpp_loads_the_file() {
         assert_eq!(c.calib_text, "heldout.txt");
         assert_eq!(c.calib_tokens, 2 * 31);
         assert!(c.calib_kld <= 0.05 && c.calib_avg_experts < 4.0, "{c:?}");
+        // The reference run's expert shares (the GPU expert cache starts from them): every
+        // token chose 4 of 16 experts in each of the 6 layers.
+        assert_eq!(c.expert_share.len(), 6 * 16);
+        for layer in c.expert_share.chunks(16) {
+            let sum: f32 = layer.iter().sum();
+            assert!((sum - 4.0).abs() < 1e-4, "{layer:?}");
+            assert!(layer.iter().all(|v| (0.0..=1.0).contains(v)), "{layer:?}");
+        }
         // Everything else is the original file, key for key and tensor for tensor.
         for (k, v) in &orig.metadata {
             assert_eq!(file.get(k), Some(v), "{k}");
@@ -256,6 +264,24 @@ fn calibrate_round_trip_and_llama_cpp_loads_the_file() {
         "{err}"
     );
     assert!(err.contains("experts/token (per layer:"), "{err}");
+    // --moe-top-k at the model's own count is the model's own rule, over the file's.
+    let out = dsrun(&[
+        "run",
+        "-m",
+        out_path.to_str().unwrap(),
+        "-n",
+        "4",
+        "--temp",
+        "0",
+        "-v",
+        "--moe-top-k",
+        "4",
+        "Hello",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(!err.contains("calibrated rule"), "{err}");
+    assert!(err.contains("4.000 experts/token"), "{err}");
     let out = dsrun(&[
         "bench",
         "-m",

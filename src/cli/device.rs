@@ -74,6 +74,7 @@ impl DeviceArgs {
                 self.n_cpu_moe.unwrap_or(0)
             },
             moe_gpu_cache: self.moe_gpu_cache.unwrap_or(0),
+            expert_share: None,
         };
         if opts.moe_gpu_cache > 0 && opts.n_cpu_moe == 0 {
             return Err(Error::Invalid(
@@ -82,8 +83,15 @@ impl DeviceArgs {
                     .into(),
             ));
         }
+        let seeded = opts.moe_gpu_cache > 0
+            && (model.moe_calibration.as_ref()).is_some_and(|c| !c.expert_share.is_empty());
         model.use_gpu(Arc::new(ctx), opts)?;
         if !quiet {
+            if seeded {
+                eprintln!(
+                    "dsrun: the expert cache starts from the experts calibration saw chosen most"
+                );
+            }
             if let Some(g) = &model.gpu {
                 eprintln!("dsrun: {}", g.describe());
             }

@@ -5,10 +5,12 @@
 //! the residual.
 //!
 //! Which experts: counted online, from the routing the CPU reads back anyway. The slots start
-//! with experts 0..N and, every [`REFRESH_TOKENS`] tokens, take the N most chosen so far (an
-//! expert already held keeps its slot; ties keep the held one), each newcomer's rows written into
-//! the slot of one that left. The hit rate (selected experts served from VRAM) goes into
-//! [`MoeStats::vram`].
+//! with the N experts that `dsrun calibrate` saw chosen most often in that layer
+//! (`dsrun.moe.expert_share`, whose shares also seed the counts as [`PRIOR_TOKENS`] tokens' worth
+//! of choices), or with experts 0..N in a file without it, and every [`REFRESH_TOKENS`] tokens
+//! take the N most chosen so far (an expert already held keeps its slot; ties keep the held
+//! one), each newcomer's rows written into the slot of one that left. The hit rate (selected
+//! experts served from VRAM) goes into [`MoeStats::vram`].
 
 use std::sync::Mutex;
 
@@ -21,6 +23,35 @@ use crate::tensor::TensorView;
 
 /// Tokens between two refreshes of a layer's slots.
 pub const REFRESH_TOKENS: usize = 16;
+
+/// How many tokens' worth of choices the calibration's shares count for when they seed the
+/// online counts: enough to keep the first refreshes from trading a well-measured expert for
+/// one a few tokens happened to pick, few enough that a text unlike the calibration text moves
+/// the slots within a few hundred tokens.
+pub const PRIOR_TOKENS: f32 = 64.0;
+
+/// The `n_slot` experts with the largest shares (ties to the lower index), and each expert's
+/// seed count; without shares, experts 0..n_slot and zero counts.
+pub fn initial_slots(
+    share: Option<&[f32]>,
+    n_expert: usize,
+    n_slot: usize,
+) -> (Vec<usize>, Vec<u64>) {
+    let n_slot = n_slot.min(n_expert);
+    match share.filter(|s| s.len() == n_expert) {
+        None => ((0..n_slot).collect(), vec![0; n_expert]),
+        Some(s) => {
+            let mut order: Vec<usize> = (0..n_expert).collect();
+            order.sort_by(|&a, &b| s[b].total_cmp(&s[a]).then(a.cmp(&b)));
+            order.truncate(n_slot);
+            let counts = s
+                .iter()
+                .map(|&v| (v.max(0.0) * PRIOR_TOKENS).round() as u64)
+                .collect();
+            (order, counts)
+        }
+    }
+}
 
 pub struct ExpertCache {
     /// Gate and up (n_slot × n_ff rows), down (n_slot × n_embd rows), as the stacked experts.
@@ -65,15 +96,23 @@ fn expert_bytes<'a>(t: &'a TensorView, rows: usize, x: usize) -> &'a [u8] {
 }
 
 impl ExpertCache {
-    /// Slots for `n_slot` experts of `ffn` (at most all of them), holding experts 0..n_slot.
-    pub fn new(ops: &GpuOps, ffn: &Ffn, n_slot: usize) -> Result<ExpertCache> {
+    /// Slots for `n_slot` experts of `ffn` (at most all of them), holding those
+    /// [`initial_slots`] picks from the layer's calibrated `share` of tokens per expert.
+    pub fn new(
+        ops: &GpuOps,
+        ffn: &Ffn,
+        n_slot: usize,
+        share: Option<&[f32]>,
+    ) -> Result<ExpertCache> {
         let (ts, rows) = views(ffn)?;
         let n_expert = ts[0].n_rows / rows[0];
-        let n_slot = n_slot.min(n_expert);
+        let (slot_expert, counts) = initial_slots(share, n_expert, n_slot);
+        let n_slot = slot_expert.len();
         let mut mats = Vec::with_capacity(3);
         for (t, &r) in ts.iter().zip(&rows) {
-            let bytes: Vec<u8> = (0..n_slot)
-                .flat_map(|x| expert_bytes(t, r, x).iter().copied())
+            let bytes: Vec<u8> = slot_expert
+                .iter()
+                .flat_map(|&x| expert_bytes(t, r, x).iter().copied())
                 .collect();
             let m = ops
                 .upload_matrix(t.ty, n_slot * r, t.n_cols, &bytes)
@@ -82,16 +121,16 @@ impl ExpertCache {
         }
         let mats: [GpuMatrix; 3] = mats.try_into().map_err(|_| Error::Invalid("3".into()))?;
         let mut slot_of = vec![None; n_expert];
-        for (s, slot) in slot_of.iter_mut().enumerate().take(n_slot) {
-            *slot = Some(s as u32);
+        for (s, &x) in slot_expert.iter().enumerate() {
+            slot_of[x] = Some(s as u32);
         }
         Ok(ExpertCache {
             mats: Box::new(mats),
             n_slot,
             state: Mutex::new(State {
-                slot_expert: (0..n_slot).collect(),
+                slot_expert,
                 slot_of,
-                counts: vec![0; n_expert],
+                counts,
                 since: 0,
             }),
         })
@@ -244,7 +283,7 @@ mod tests {
             selection_bias: None,
             biases: None,
         };
-        let c = ExpertCache::new(&ops, &ffn, 2).unwrap();
+        let c = ExpertCache::new(&ops, &ffn, 2, None).unwrap();
         assert_eq!(c.held(), vec![0, 1]);
         let mut stats = MoeStats::default();
         // 16 tokens, 2 experts each: 1 and 4 always, so 4 must come in and 1 stay.
@@ -273,6 +312,34 @@ mod tests {
         assert!(
             c.split(&[6], &[1.0], &mut stats).is_err(),
             "expert out of range"
+        );
+
+        // Seeded by calibrated shares: experts 3 and 5 from the start, each slot holding its
+        // expert's rows; 16 tokens of expert 0 alone do not outweigh 64 tokens' worth of 5.
+        let share = [0.25, 0.0, 0.1, 0.9, 0.0, 0.75];
+        let c = ExpertCache::new(&ops, &ffn, 2, Some(&share)).unwrap();
+        assert_eq!(c.held(), vec![3, 5]);
+        let gpu = ops.matmul(&c.mats[0], &x, 1).unwrap();
+        let e3 = &g[3 * n_ff * rb..4 * n_ff * rb];
+        matmul(&view("e3", ty, n_ff, n_embd, e3), &x, 1, &mut cpu);
+        assert!(nmse(&gpu[..n_ff], &cpu) < NMSE);
+        c.split(&[0; 16], &[1.0; 16], &mut stats).unwrap();
+        c.refresh(ctx, &ffn, 16).unwrap();
+        assert_eq!(c.held(), vec![3, 5]);
+    }
+
+    /// The largest shares, ties to the lower index; seed counts are shares × PRIOR_TOKENS;
+    /// without shares (or with the wrong number), experts 0..N.
+    #[test]
+    fn initial_slots_follow_the_shares() {
+        let share = [0.5, 0.0, 1.0, 0.5, 0.25];
+        let (slots, counts) = initial_slots(Some(&share), 5, 3);
+        assert_eq!(slots, vec![2, 0, 3]);
+        assert_eq!(counts, vec![32, 0, 64, 32, 16]);
+        assert_eq!(initial_slots(None, 5, 2), (vec![0, 1], vec![0; 5]));
+        assert_eq!(
+            initial_slots(Some(&share[..4]), 5, 9).0,
+            vec![0, 1, 2, 3, 4]
         );
     }
 }

@@ -28,6 +28,9 @@ pub struct GpuOptions {
     /// Of each layer whose experts stay in RAM, this many experts also in VRAM, run on the GPU
     /// ([`super::expert_cache`]).
     pub moe_gpu_cache: usize,
+    /// (n_layer, n_expert): the share of tokens that chose each expert in calibration
+    /// (`dsrun.moe.expert_share`), which the expert cache starts from; `None` without one.
+    pub expert_share: Option<Vec<f32>>,
 }
 
 pub struct GpuLayer {
@@ -195,7 +198,11 @@ impl GpuWeights {
                         ]))
                     },
                     cache: if il < opts.n_cpu_moe && opts.moe_gpu_cache > 0 {
-                        Some(ExpertCache::new(&ops, &lw.ffn, opts.moe_gpu_cache)?)
+                        let share = opts.expert_share.as_ref().and_then(|s| {
+                            let ne = hp.n_expert;
+                            s.get(il * ne..(il + 1) * ne)
+                        });
+                        Some(ExpertCache::new(&ops, &lw.ffn, opts.moe_gpu_cache, share)?)
                     } else {
                         None
                     },

@@ -11,6 +11,7 @@
 //! | `dsrun.moe.calib_kld`, `dsrun.moe.calib_avg_experts` | f32 | what calibration measured |
 //! | `dsrun.moe.calib_tokens` | u32 | scored calibration tokens |
 //! | `dsrun.moe.calib_text` | string | the calibration text's file name |
+//! | `dsrun.moe.expert_share` | f32 array, n_layer × n_expert | share of calibration tokens that chose each expert at the model's own count (optional; the GPU's expert cache starts from it) |
 
 use crate::error::{Error, Result};
 use crate::gguf::{GgufHeader, Value, ValueType};
@@ -72,6 +73,9 @@ pub struct MoeCalibration {
     pub calib_avg_experts: f32,
     pub calib_tokens: u32,
     pub calib_text: String,
+    /// (n_layer, n_expert): the share of calibration tokens that chose each expert at the
+    /// model's own count; empty in files written before it was recorded.
+    pub expert_share: Vec<f32>,
 }
 
 pub const KEY_RULE: &str = "dsrun.moe.rule";
@@ -83,6 +87,7 @@ const KEY_KLD: &str = "dsrun.moe.calib_kld";
 const KEY_AVG: &str = "dsrun.moe.calib_avg_experts";
 const KEY_TOKENS: &str = "dsrun.moe.calib_tokens";
 const KEY_TEXT: &str = "dsrun.moe.calib_text";
+const KEY_SHARE: &str = "dsrun.moe.expert_share";
 
 impl MoeCalibration {
     /// The rule stored in `h`, `None` when the file has none.
@@ -96,17 +101,24 @@ impl MoeCalibration {
                 format!("unknown rule {rule:?} (top_p, rel_mass or ratio)"),
             )
         })?;
+        let f32s = |key: &str, arr: &Value| -> Result<Vec<f32>> {
+            match arr {
+                Value::Array(ValueType::F32, items) => items
+                    .iter()
+                    .map(|v| v.as_f64().map(|x| x as f32))
+                    .collect::<Option<Vec<f32>>>(),
+                _ => None,
+            }
+            .ok_or_else(|| Error::metadata(key, "expected an array of f32"))
+        };
         let arr = h
             .get(KEY_THRESHOLDS)
             .ok_or_else(|| Error::metadata(KEY_THRESHOLDS, "missing"))?;
-        let thresholds = match arr {
-            Value::Array(ValueType::F32, items) => items
-                .iter()
-                .map(|v| v.as_f64().map(|x| x as f32))
-                .collect::<Option<Vec<f32>>>(),
-            _ => None,
-        }
-        .ok_or_else(|| Error::metadata(KEY_THRESHOLDS, "expected an array of f32"))?;
+        let thresholds = f32s(KEY_THRESHOLDS, arr)?;
+        let expert_share = match h.get(KEY_SHARE) {
+            Some(arr) => f32s(KEY_SHARE, arr)?,
+            None => Vec::new(),
+        };
         let count = |key: &str| -> Result<usize> {
             h.get_u64(key)?
                 .map(|v| v.min(u32::MAX as u64) as usize)
@@ -123,6 +135,7 @@ impl MoeCalibration {
             calib_avg_experts: float(KEY_AVG)?,
             calib_tokens: h.get_u64(KEY_TOKENS)?.unwrap_or(0).min(u32::MAX as u64) as u32,
             calib_text: h.get_str(KEY_TEXT)?.unwrap_or("").to_string(),
+            expert_share,
         }))
     }
 
@@ -164,12 +177,25 @@ impl MoeCalibration {
                 ),
             ));
         }
+        let n_share = n_layer * n_expert;
+        if !self.expert_share.is_empty()
+            && (self.expert_share.len() != n_share
+                || self.expert_share.iter().any(|v| !(0.0..=1.0).contains(v)))
+        {
+            return Err(Error::metadata(
+                KEY_SHARE,
+                format!(
+                    "{} values, expected {n_share} ({n_layer} layers × {n_expert} experts) in [0, 1]",
+                    self.expert_share.len()
+                ),
+            ));
+        }
         Ok(())
     }
 
     /// The keys and values to store, in order.
     pub fn to_metadata(&self) -> Vec<(&'static str, Value)> {
-        vec![
+        let mut kv = vec![
             (KEY_RULE, Value::String(self.kind.name().into())),
             (
                 KEY_THRESHOLDS,
@@ -185,7 +211,17 @@ impl MoeCalibration {
             (KEY_AVG, Value::F32(self.calib_avg_experts)),
             (KEY_TOKENS, Value::U32(self.calib_tokens)),
             (KEY_TEXT, Value::String(self.calib_text.clone())),
-        ]
+        ];
+        if !self.expert_share.is_empty() {
+            kv.push((
+                KEY_SHARE,
+                Value::Array(
+                    ValueType::F32,
+                    self.expert_share.iter().map(|&v| Value::F32(v)).collect(),
+                ),
+            ));
+        }
+        kv
     }
 
     /// "top_p per layer 0.62 0.71 ..." for messages.
@@ -211,6 +247,7 @@ mod tests {
             calib_avg_experts: 2.5,
             calib_tokens: 1020,
             calib_text: "persuasion.txt".into(),
+            expert_share: (0..3 * 4).map(|i| (i % 4) as f32 / 4.0).collect(),
         }
     }
 
@@ -229,7 +266,17 @@ mod tests {
         let h = header_with(&c.to_metadata());
         let back = MoeCalibration::from_gguf(&h).unwrap().unwrap();
         assert_eq!(back, c);
-        assert!(back.check(16, 3).is_ok());
+        assert!(back.check(4, 3).is_ok());
+        // The shares are optional (files written before them), and checked against the model.
+        let mut old = c.clone();
+        old.expert_share.clear();
+        let back = MoeCalibration::from_gguf(&header_with(&old.to_metadata())).unwrap();
+        assert_eq!(back.unwrap(), old);
+        let e = c.check(16, 3).unwrap_err().to_string();
+        assert!(
+            e.contains("dsrun.moe.expert_share") && e.contains("12 values"),
+            "{e}"
+        );
         assert!(MoeCalibration::from_gguf(&header_with(&[]))
             .unwrap()
             .is_none());

@@ -244,6 +244,8 @@ pub struct MoeStats {
     /// The GPU's VRAM expert cache (`--moe-gpu-cache`): experts served from it, experts looked
     /// up (those chosen in layers whose experts stay in RAM).
     pub vram: (u64, u64),
+    /// When tracing: per layer, how often each expert was chosen.
+    pub chosen: Vec<Vec<u64>>,
 }
 
 impl MoeStats {
@@ -268,7 +270,24 @@ impl MoeStats {
             s.sort_by(|a, b| b.total_cmp(a));
             let total: f32 = s.iter().sum();
             trace[layer].extend(s.iter().map(|v| v / total.max(f32::MIN_POSITIVE)));
+            if self.chosen.len() <= layer {
+                self.chosen.resize(layer + 1, Vec::new());
+            }
+            let c = &mut self.chosen[layer];
+            if c.len() < scores.len() {
+                c.resize(scores.len(), 0);
+            }
+            chosen.iter().for_each(|&x| c[x] += 1);
         }
+    }
+
+    /// Per layer, the share of counted tokens that chose each expert (from a traced run).
+    pub fn expert_share(&self) -> Vec<Vec<f32>> {
+        self.chosen
+            .iter()
+            .zip(&self.tokens)
+            .map(|(c, &t)| c.iter().map(|&n| n as f32 / t.max(1) as f32).collect())
+            .collect()
     }
 
     pub fn clear(&mut self) {
@@ -277,6 +296,7 @@ impl MoeStats {
         if let Some(t) = self.trace.as_mut() {
             t.clear();
         }
+        self.chosen.clear();
     }
 
     /// Mean experts per token in each layer.
