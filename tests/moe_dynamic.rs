@@ -246,40 +246,23 @@ fn calibrate_round_trip_and_llama_cpp_loads_the_file() {
         let avg = s.moe.stats.average().unwrap();
         assert!(avg < 4.0, "{avg}");
     }
-    let out = dsrun(&[
-        "run",
-        "-m",
-        out_path.to_str().unwrap(),
-        "-n",
-        "4",
-        "--temp",
-        "0",
-        "-v",
-        "Hello",
-    ]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{err}");
+    // A verbose 4-token run of the calibrated file with `extra` flags: its stderr.
+    let run_v = |extra: &[&str]| {
+        let path = out_path.to_str().unwrap();
+        let base = ["run", "-m", path, "-n", "4", "--temp", "0", "-v"];
+        let out = dsrun(&[&base[..], extra, &["Hello"]].concat());
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success(), "{err}");
+        err
+    };
+    let err = run_v(&[]);
     assert!(
         err.contains("the calibrated rule stored in the file"),
         "{err}"
     );
     assert!(err.contains("experts/token (per layer:"), "{err}");
     // --moe-top-k at the model's own count is the model's own rule, over the file's.
-    let out = dsrun(&[
-        "run",
-        "-m",
-        out_path.to_str().unwrap(),
-        "-n",
-        "4",
-        "--temp",
-        "0",
-        "-v",
-        "--moe-top-k",
-        "4",
-        "Hello",
-    ]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{err}");
+    let err = run_v(&["--moe-top-k", "4"]);
     assert!(!err.contains("calibrated rule"), "{err}");
     assert!(err.contains("4.000 experts/token"), "{err}");
     let out = dsrun(&[
