@@ -127,6 +127,16 @@ fn kernels_for(level: SimdLevel, head_dim: usize) -> Kernels {
     plain
 }
 
+/// Softmax of one score row in place with the selected SIMD level's form of `softmax_lanes`
+/// (the same values at every level), for attention loops outside this module.
+pub fn softmax_row(x: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if selected_level() >= SimdLevel::Avx512Vnni && selected_level().is_available() {
+        return softmax_avx512(x);
+    }
+    softmax_lanes::softmax_plain(x)
+}
+
 /// Attention for every (token, head) of the batch into `out` (n, n_head * head_dim), with the
 /// selected SIMD level.
 pub fn attention(inp: &AttnInput<'_>, out: &mut [f32]) {

@@ -7,6 +7,7 @@ use super::rope::{rotated, unrope};
 use super::simd::{axpy, dot};
 use super::summary::{slot_of, snapshot, Snapshot};
 use super::{SinkPos, SlotKeys, StreamConfig, StreamInput};
+use crate::kernels::attention::softmax_row;
 use crate::model::kv_cache::{hadamard_blocks, KvCache};
 
 /// Attention of one batch of a stream layer `il`; stores the batch's K/V (sinks, ring) and
@@ -209,35 +210,32 @@ pub(crate) fn attend(kv: &mut KvCache, il: usize, inp: &StreamInput, out: &mut [
             let r = (j - elo) * kv_dim + g * hd;
             sc.push(dot(&qa, &vk[r..r + hd]) * inp.scale);
         }
-        let head_sink = inp.head_sinks.map(|s| s[h]);
-        let mx = sc
-            .iter()
-            .copied()
-            .chain(head_sink)
-            .fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = head_sink.map_or(0.0, |x| (x - mx).exp());
-        for x in sc.iter_mut() {
-            *x = (*x - mx).exp();
-            sum += *x;
+        // gpt-oss's head sink takes its share of the normalising sum and nothing else.
+        match inp.head_sinks {
+            Some(s) => {
+                sc.push(s[h]);
+                softmax_row(&mut sc);
+                sc.pop();
+            }
+            None => softmax_row(&mut sc),
         }
-        let inv = 1.0 / sum;
         o.iter_mut().for_each(|x| *x = 0.0);
         for (j, &pr) in sc[n_sink + m..].iter().enumerate() {
             let r = (wlo + j - elo) * kv_dim + g * hd;
-            axpy(o, pr * inv, &vv[r..r + hd]);
+            axpy(o, pr, &vv[r..r + hd]);
         }
         if let Some(b) = rot_v {
             hadamard_blocks(o, b);
         }
         for (s, &pr) in sc[..n_sink].iter().enumerate() {
             let r = s * kv_dim + g * hd;
-            axpy(o, pr * inv, &sink_v[r..r + hd]);
+            axpy(o, pr, &sink_v[r..r + hd]);
         }
         if let Some(sn) = snap {
             for (s, &pr) in sc[n_sink..n_sink + m].iter().enumerate() {
                 if pr > 0.0 {
                     let at = (g * m + s) * hd;
-                    axpy(o, pr * inv, &sn.v[at..at + hd]);
+                    axpy(o, pr, &sn.v[at..at + hd]);
                 }
             }
         }
