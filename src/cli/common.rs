@@ -117,8 +117,8 @@ pub struct MoeArgs {
 impl MoeArgs {
     /// The selection these flags ask for on `model`: `--moe-top-k`/`--moe-top-p` when given
     /// (`--moe-top-k` at the model's own count is its default rule), else the calibrated rule
-    /// stored in the file when there is one, else the model's own count. Checked against the model; `what` is one line saying what it does, for stderr
-    /// (None for a dense model).
+    /// stored in the file when there is one, else the model's own count. Checked against the
+    /// model; `what` is one line saying what it does, for stderr (None for a dense model).
     pub fn config(&self, model: &Model) -> Result<(MoeConfig, Option<String>), dsrun::Error> {
         let rule = match (self.moe_top_k, self.moe_top_p, &model.moe_calibration) {
             // The model's own count is the default rule (also over a calibrated file's rule).
