@@ -12,7 +12,7 @@
 
 mod common;
 
-use dsrun::gguf::GgufFile;
+use dsrun::gguf::{GgufFile, Value};
 use dsrun::model::forward::forward;
 use dsrun::model::rope_scaling::{RopeOverrides, RopeScalingType};
 use dsrun::model::{HParams, KvCache, Weights};
@@ -132,33 +132,40 @@ fn yarn_and_linear_match_llama_cpp() {
 /// by 0.1% either way measured 2.1e-3, the file without the keys 0.86.
 #[test]
 fn gpt_oss_yarn_from_metadata_matches_llama_cpp() {
-    use dsrun::engine::{Model, Session};
-    use dsrun::gguf::writer::GgufWriter;
-    use dsrun::gguf::Value;
     use dsrun::synth::{self, presets};
 
     let vocab = GgufFile::open(common::model(common::TINY_F16)).unwrap();
     let spec = presets::tiny("gpt-oss").unwrap();
     let plain = common::scratch("rope", "gpt-oss.gguf");
     synth::write(&spec, &vocab, &plain, &synth::encode_dsrun).unwrap();
-    let src = GgufFile::open(&plain).unwrap();
-    let mut w = GgufWriter::new();
-    for (k, v) in &src.header().metadata {
-        w.set(k, v.clone());
-    }
-    w.set("gpt-oss.rope.scaling.type", Value::String("yarn".into()));
-    w.set("gpt-oss.rope.scaling.factor", Value::F32(32.0));
-    w.set(
-        "gpt-oss.rope.scaling.original_context_length",
-        Value::U32(4096),
+    let path = copy_with(
+        &plain,
+        "gpt-oss-yarn.gguf",
+        &[
+            ("gpt-oss.rope.scaling.type", Value::String("yarn".into())),
+            ("gpt-oss.rope.scaling.factor", Value::F32(32.0)),
+            (
+                "gpt-oss.rope.scaling.original_context_length",
+                Value::U32(4096),
+            ),
+        ],
+        None,
     );
-    let tensors = &src.header().tensors;
-    for t in tensors {
-        w.add_tensor(&t.name, t.ty, &t.dims);
-    }
-    let path = common::scratch("rope", "gpt-oss-yarn.gguf");
-    w.write_file(&path, |i| Ok(src.tensor_data(&tensors[i])?.to_vec()))
-        .unwrap();
+
+    let (n, worst, moved) = against_llama_cpp(&path, &plain);
+    eprintln!(
+        "gpt-oss YaRN x32 over 4096: {n} positions, worst rel. L2 {worst:.2e}; without the \
+         keys {moved:.2e}"
+    );
+    assert!(worst < 1.5e-3, "worst rel. L2 {worst}");
+    assert!(moved > 1e-1, "the keys should matter: {moved}");
+}
+
+/// The first 48 positions of PROMPT on the synthetic file `path` against llama.cpp: the count
+/// of positions, the worst relative L2 of dsrun's logits to llama.cpp's, and the worst of
+/// `plain`'s (the same file without the feature under test); every top-1 must agree.
+fn against_llama_cpp(path: &std::path::Path, plain: &std::path::Path) -> (usize, f64, f64) {
+    use dsrun::engine::{Model, Session};
 
     let logits = |p: &std::path::Path| {
         let file = GgufFile::open(p).unwrap();
@@ -168,9 +175,9 @@ fn gpt_oss_yarn_from_metadata_matches_llama_cpp() {
         let mut s = Session::new(&model, 128, 128).unwrap();
         (ids.clone(), model.hp.n_vocab, s.eval_all(&ids).unwrap())
     };
-    let (ids, nv, ours) = logits(&path);
-    let (_, _, unscaled) = logits(&plain);
-    let lm = LlamaModel::load(&path).unwrap();
+    let (ids, nv, ours) = logits(path);
+    let (_, _, unscaled) = logits(plain);
+    let lm = LlamaModel::load(path).unwrap();
     let mut ctx = LlamaContext::new(&lm, 128, 128, 2).unwrap();
     let li: Vec<i32> = ids.iter().map(|&t| t as i32).collect();
     let theirs = ctx.eval(&li, true).unwrap();
@@ -181,11 +188,77 @@ fn gpt_oss_yarn_from_metadata_matches_llama_cpp() {
         moved = moved.max(rel_l2(&unscaled[r.clone()], &theirs[r.clone()]));
         assert_eq!(argmax(&ours[r.clone()]), argmax(&theirs[r]), "position {p}");
     }
+    (ids.len(), worst, moved)
+}
+
+/// Llama 3.1's frequency factors (`rope_freqs.weight`, one divisor per rotated pair, shared by
+/// every layer) on the tiny random-weight llama (F32): the logits of 48 positions against
+/// llama.cpp within 1e-3 relative L2 and the same top-1; the same file without the tensor must
+/// land far away. The factors here (0.5 to 4, cycling) move every pair, not only the slow ones
+/// that Llama 3.1's scheme stretches, so that 48 positions show a difference. Measured
+/// 2026-12-06: worst 6.9e-4 (all factors 1: 2.5e-4 to 4.8e-4 at positions 1-11, this
+/// harness's rounding), without the factors 0.57. The cycle started at 1 instead of 4 meets a
+/// near-tie of the random model at position 18 (0.14 there, 3.5e-4 before it); the other
+/// three starting points pass.
+#[test]
+fn rope_freqs_match_llama_cpp() {
+    use dsrun::synth::{self, presets};
+
+    let vocab = GgufFile::open(common::model(common::TINY_F16)).unwrap();
+    let spec = presets::tiny("llama").unwrap();
+    let plain = common::scratch("rope-freqs", "llama.gguf");
+    synth::write(&spec, &vocab, &plain, &synth::encode_dsrun).unwrap();
+    let factors: Vec<f32> = (0..spec.head_dim / 2)
+        .map(|i| [4.0, 0.5, 2.0, 1.0][i % 4])
+        .collect();
+    let path = copy_with(&plain, "llama-freqs.gguf", &[], Some(factors));
+    let (n, worst, moved) = against_llama_cpp(&path, &plain);
     eprintln!(
-        "gpt-oss YaRN x32 over 4096: {} positions, worst rel. L2 {worst:.2e}; without the \
-         keys {moved:.2e}",
-        ids.len()
+        "llama rope_freqs: {n} positions, worst rel. L2 {worst:.2e}; without the factors \
+         {moved:.2e}"
     );
-    assert!(worst < 1.5e-3, "worst rel. L2 {worst}");
-    assert!(moved > 1e-1, "the keys should matter: {moved}");
+    assert!(worst < 1e-3, "worst rel. L2 {worst}");
+    assert!(
+        moved > 20.0 * worst.max(1e-4),
+        "the factors should matter: {moved}"
+    );
+}
+
+/// A copy of `plain` in the scratch folder named `name`, with metadata `meta` set and, given
+/// `rope_freqs`, the tensor `rope_freqs.weight` (F32) added.
+fn copy_with(
+    plain: &std::path::Path,
+    name: &str,
+    meta: &[(&str, Value)],
+    rope_freqs: Option<Vec<f32>>,
+) -> std::path::PathBuf {
+    use dsrun::gguf::writer::GgufWriter;
+    use dsrun::tensor::GgmlType;
+
+    let src = GgufFile::open(plain).unwrap();
+    let mut w = GgufWriter::new();
+    for (k, v) in &src.header().metadata {
+        w.set(k, v.clone());
+    }
+    for (k, v) in meta {
+        w.set(k, v.clone());
+    }
+    let tensors = &src.header().tensors;
+    for t in tensors {
+        w.add_tensor(&t.name, t.ty, &t.dims);
+    }
+    if let Some(f) = &rope_freqs {
+        w.add_tensor("rope_freqs.weight", GgmlType::F32, &[f.len() as u64]);
+    }
+    let path = plain.with_file_name(name);
+    w.write_file(&path, |i| match tensors.get(i) {
+        Some(t) => Ok(src.tensor_data(t)?.to_vec()),
+        None => Ok(rope_freqs
+            .iter()
+            .flatten()
+            .flat_map(|x| x.to_le_bytes())
+            .collect()),
+    })
+    .unwrap();
+    path
 }

@@ -48,7 +48,11 @@ pub fn run(args: InfoArgs) -> Result<(), CliError> {
         // Where dsrun can run the model: the cache as it allocates it, per layer kind.
         if let Ok(hp) = dsrun::model::HParams::from_gguf(&file) {
             let hp = args.rope.resolve(&hp)?;
-            writeln!(out, "dsrun rope:     {}", hp.rope.describe())?;
+            let factors = match file.tensor("rope_freqs.weight") {
+                Some(_) => ", frequency factors from rope_freqs.weight",
+                None => "",
+            };
+            writeln!(out, "dsrun rope:     {}{factors}", hp.rope.describe())?;
             let n_ctx = args.ctx_size as usize;
             let stream = args.kv.stream(&file, &hp)?;
             writeln!(

@@ -370,10 +370,10 @@ impl Builder<'_> {
                 w.push(self.d(p, &[(0, buf), (1, nw), (2, &params)], Groups::Rows(rows)));
             }
         }
-        let rope = l.rope;
+        let rope = &l.rope;
         for (buf, n_head) in [(&a.q, hp.n_head), (&a.k, hp.n_head_kv)] {
             let p = self.pipe("rope", shaders::ROPE, "rope")?;
-            let params = ctx.uniform(&RopeUniform::new(n_head, hd, &rope)?);
+            let params = ctx.uniform(&RopeUniform::new(n_head, hd, rope)?);
             let per_tok = u32s(n_head * hp.n_rot / 2, "rotations")?;
             w.push(self.d(
                 p,

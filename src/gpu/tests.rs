@@ -242,6 +242,7 @@ fn rms_norm_softmax_rope_match_cpu() {
             freq_base: 10000.0,
             freq_scale,
             yarn,
+            factors: None,
         };
         let pos0 = rng.below(2000);
         let x = rng.vec(n_tok * n_head * head_dim, 1.0);

@@ -108,6 +108,12 @@ fn check(hp: &HParams, w: &Weights) -> Result<()> {
     if hp.head_dim > 256 || !hp.head_dim.is_multiple_of(2) {
         return Err(unsupported("heads over 256 values or of odd size", arch));
     }
+    if w.rope_freqs.is_some() {
+        return Err(unsupported(
+            "RoPE frequency factors (rope_freqs.weight)",
+            arch,
+        ));
+    }
     for lw in &w.layers {
         if lw.post_attn_norm.is_some() || lw.post_ffn_norm.is_some() {
             return Err(unsupported("post-norms", arch));
@@ -226,7 +232,7 @@ impl GpuWeights {
                 ffn_norm: f32_buf(ctx, "ffn_norm", &lw.ffn_norm)?,
                 ffn,
                 window: hp.sliding_window.filter(|_| swa),
-                rope: hp.rope_params(il),
+                rope: w.rope(hp, il),
             });
         }
         let output = matrix(&ops, &w.output)?;

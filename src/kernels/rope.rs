@@ -8,6 +8,8 @@
 //! slow dims are interpolated, a ramp mixes the ones between, and cos/sin are multiplied by
 //! `attn_factor * (1 + 0.1 ln(1/freq_scale))`.
 
+use std::sync::Arc;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RopeKind {
     Norm,
@@ -48,14 +50,18 @@ impl Yarn {
     }
 }
 
-/// Precomputed angles for one position: `cos/sin(pos * base^(-2i/n_rot) * freq_scale)`.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// Precomputed angles for one position: `cos/sin(pos * base^(-2i/n_rot) / factor_i *
+/// freq_scale)`.
+#[derive(Debug, Clone, PartialEq)]
 pub struct RopeParams {
     pub kind: RopeKind,
     pub n_rot: usize,
     pub freq_base: f32,
     pub freq_scale: f32,
     pub yarn: Yarn,
+    /// Per-pair frequency divisors (`rope_freqs.weight`, ggml's `freq_factors`: Llama 3.1's
+    /// long-context RoPE), `n_rot / 2` of them; `None`: all 1.
+    pub factors: Option<Arc<[f32]>>,
 }
 
 impl RopeParams {
@@ -71,8 +77,13 @@ impl RopeParams {
             [0.0; 2]
         };
         let mut cs = Vec::with_capacity(half);
-        let mut theta = pos as f32;
+        let mut theta_base = pos as f32;
         for i in 0..half {
+            // ggml divides the extrapolated angle by the pair's factor before YaRN's mix.
+            let theta = self
+                .factors
+                .as_ref()
+                .map_or(theta_base, |f| theta_base / f[i]);
             let interp = self.freq_scale * theta;
             let (mut t, mut mscale) = (interp, y.attn_factor);
             if y.ext_factor != 0.0 {
@@ -82,7 +93,7 @@ impl RopeParams {
                 mscale *= 1.0 + 0.1 * (1.0 / self.freq_scale).ln();
             }
             cs.push((t.cos() * mscale, t.sin() * mscale));
-            theta *= theta_scale;
+            theta_base *= theta_scale;
         }
         cs
     }
@@ -147,6 +158,7 @@ mod tests {
             freq_base: 1_000_000.0,
             freq_scale,
             yarn,
+            factors: None,
         }
     }
 
@@ -170,6 +182,7 @@ mod tests {
                 freq_base: 10000.0,
                 freq_scale: 1.0,
                 yarn: Yarn::NONE,
+                factors: None,
             };
             let orig: Vec<f32> = (0..16).map(|i| i as f32 * 0.3 - 1.0).collect();
             let mut x = orig.clone();

@@ -16,6 +16,7 @@ use crate::kernels;
 use crate::kernels::activation::{gelu_f16_table, glu, glu_gelu_f16, silu};
 use crate::kernels::attention::AttnInput;
 use crate::kernels::norm::rms_norm_rows;
+use crate::kernels::rope::RopeParams;
 
 fn add_bias(x: &mut [f32], b: &Option<Vec<f32>>) {
     if let Some(b) = b {
@@ -115,7 +116,7 @@ pub fn layer(
     let mut h = x.to_vec();
     rms_norm_rows(&mut h, &lw.attn_norm, hp.rms_eps);
     let mut attn_out = match &lw.attn {
-        Attn::Mha(a) => attention(hp, a, kv, il, &h, n, pos0),
+        Attn::Mha(a) => attention(hp, a, w.rope(hp, il), kv, il, &h, pos0),
         Attn::Mla(m) => mla::attention(hp, m, kv, il, &h, n, pos0),
     };
     if let Some(pn) = &lw.post_attn_norm {
@@ -161,12 +162,13 @@ pub fn act_fn(a: FfnAct) -> fn(f32) -> f32 {
 fn attention(
     hp: &HParams,
     lw: &AttnWeights,
+    rope: RopeParams,
     kv: &mut KvCache,
     il: usize,
     h: &[f32],
-    n: usize,
     pos0: usize,
 ) -> Vec<f32> {
+    let n = h.len() / hp.n_embd;
     let hd = hp.head_dim;
     let (q_dim, kv_dim) = (hp.n_head * hd, hp.n_head_kv * hd);
     let mut q = vec![0.0f32; n * q_dim];
@@ -187,7 +189,6 @@ fn attention(
         rms_norm_rows(&mut k, kn, hp.rms_eps);
     }
     let swa = hp.is_swa_layer(il);
-    let rope = hp.rope_params(il);
     if kv.is_stream(il) {
         // --kv-window: sinks, a ring and a summary, with positions of its own (kv_window.rs).
         let mut out = vec![0.0f32; n * q_dim];

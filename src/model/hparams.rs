@@ -198,7 +198,8 @@ impl HParams {
         Ok(self)
     }
 
-    /// Layer `il`'s RoPE. Sliding-window layers keep their trained values as in llama.cpp:
+    /// Layer `il`'s RoPE without the file's frequency factors (`Weights::rope` adds them).
+    /// Sliding-window layers keep their trained values as in llama.cpp:
     /// gemma3's own base (`swa_rope_base`) unscaled, gpt-oss's the file's base and scale.
     pub fn rope_params(&self, il: usize) -> RopeParams {
         let (freq_base, freq_scale) = match (self.is_swa_layer(il), self.arch.swa_rope_base) {
@@ -212,6 +213,7 @@ impl HParams {
             freq_base,
             freq_scale,
             yarn: self.rope.yarn,
+            factors: None,
         }
     }
 

@@ -5,7 +5,9 @@ use super::hparams::HParams;
 use super::mla::MlaWeights;
 use crate::error::{Error, Result};
 use crate::gguf::GgufFile;
+use crate::kernels::rope::RopeParams;
 use crate::tensor::TensorView;
+use std::sync::Arc;
 
 pub enum Ffn<'a> {
     Dense {
@@ -85,6 +87,9 @@ pub struct Weights<'a> {
     /// The output projection, or the token embedding when the model ties them.
     pub output: TensorView<'a>,
     pub layers: Vec<LayerWeights<'a>>,
+    /// `rope_freqs.weight`: RoPE's per-pair frequency divisors (Llama 3.1 and later), shared
+    /// by every layer as in llama.cpp.
+    pub rope_freqs: Option<Arc<[f32]>>,
 }
 
 pub(super) struct Loader<'a> {
@@ -305,11 +310,28 @@ impl<'a> Weights<'a> {
                 post_ffn_norm: l.opt_vec(&n("post_ffw_norm.weight"), e)?,
             });
         }
+        let rope_freqs = l.opt_vec("rope_freqs.weight", hp.n_rot / 2)?;
+        if let Some(f) = &rope_freqs {
+            if let Some(bad) = f.iter().find(|x| !(x.is_finite() && **x > 0.0)) {
+                return Err(Error::Invalid(format!(
+                    "tensor rope_freqs.weight holds {bad}: frequency factors must be positive"
+                )));
+            }
+        }
         Ok(Weights {
             token_embd,
             output_norm: l.vec("output_norm.weight", e)?,
             output,
             layers,
+            rope_freqs: rope_freqs.map(Arc::from),
         })
+    }
+
+    /// Layer `il`'s RoPE: the model's settings with the file's frequency factors.
+    pub fn rope(&self, hp: &HParams, il: usize) -> RopeParams {
+        RopeParams {
+            factors: self.rope_freqs.clone(),
+            ..hp.rope_params(il)
+        }
     }
 }

@@ -19,6 +19,7 @@ fn rope() -> RopeParams {
         freq_base: 10000.0,
         freq_scale: 1.0,
         yarn: crate::kernels::rope::Yarn::NONE,
+        factors: None,
     }
 }
 
