@@ -262,3 +262,45 @@ fn copy_with(
     .unwrap();
     path
 }
+
+/// DeepSeek's YaRN (as DeepSeek-V2/V3 files ship it: factor over the original context, and
+/// `mscale_all_dim` stored ×0.1 as `yarn_log_multiplier`) on the tiny random-weight deepseek2
+/// (F32, latent attention): the score scale becomes mscale² / sqrt(dk) with mscale =
+/// 1 + 0.1 · mscale_all_dim · ln(factor), and the RoPE magnitude cancels. 48 positions against
+/// llama.cpp within 2.5e-3 relative L2 and the same top-1; the same file without the log
+/// multiplier (the scale without mscale²) must land far away. Measured 2026-12-06: worst
+/// 1.7e-3, at the rounding level of this harness on this model (the file without YaRN: worst
+/// 1.45e-3; the f16 latent cache), without mscale² 1.03.
+#[test]
+fn deepseek2_yarn_matches_llama_cpp() {
+    use dsrun::synth::{self, presets};
+
+    let vocab = GgufFile::open(common::model(common::TINY_F16)).unwrap();
+    let spec = presets::tiny("deepseek2").unwrap();
+    let plain = common::scratch("rope-deepseek", "deepseek2.gguf");
+    synth::write(&spec, &vocab, &plain, &synth::encode_dsrun).unwrap();
+    let yarn = |log_mul: f32| {
+        vec![
+            ("deepseek2.rope.scaling.type", Value::String("yarn".into())),
+            ("deepseek2.rope.scaling.factor", Value::F32(40.0)),
+            (
+                "deepseek2.rope.scaling.original_context_length",
+                Value::U32(4096),
+            ),
+            (
+                "deepseek2.rope.scaling.yarn_log_multiplier",
+                Value::F32(log_mul),
+            ),
+        ]
+    };
+    // DeepSeek-V2-Lite: factor 40, mscale_all_dim 0.707, stored as 0.0707.
+    let path = copy_with(&plain, "deepseek2-yarn.gguf", &yarn(0.0707), None);
+    let no_mscale = copy_with(&plain, "deepseek2-yarn-no-mscale.gguf", &yarn(0.0), None);
+    let (n, worst, moved) = against_llama_cpp(&path, &no_mscale);
+    eprintln!(
+        "deepseek2 YaRN x40 over 4096: {n} positions, worst rel. L2 {worst:.2e}; without \
+         mscale² {moved:.2e}"
+    );
+    assert!(worst < 2.5e-3, "worst rel. L2 {worst}");
+    assert!(moved > 20.0 * worst, "mscale² should matter: {moved}");
+}

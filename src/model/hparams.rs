@@ -181,14 +181,6 @@ impl HParams {
     /// including llama.cpp's `n_ctx_train` adjustment for a custom YaRN factor.
     pub fn with_rope(mut self, o: &RopeOverrides) -> Result<HParams> {
         let rope = RopeScaling::resolve(&self.rope_train, o, self.arch.name == "deepseek2")?;
-        // DeepSeek's YaRN also rescales the attention scores (mscale², deepseek2.cpp), which
-        // its MLA path does not do yet: refuse rather than run with the wrong scale.
-        if self.arch.mla && rope.yarn.ext_factor != 0.0 {
-            return Err(Error::metadata(
-                format!("{}.rope.scaling.type", self.arch.name),
-                "\"yarn\" RoPE scaling is not supported yet for deepseek2 (its YaRN attention scale)",
-            ));
-        }
         if rope.scaling == super::rope_scaling::RopeScalingType::Yarn
             && rope.freq_scale != self.rope_train.freq_scale
         {
@@ -196,6 +188,17 @@ impl HParams {
         }
         self.rope = rope;
         Ok(self)
+    }
+
+    /// The score scale of latent attention (DeepSeek): `mscale² / sqrt(dk)` as deepseek2.cpp
+    /// computes it, where `mscale` undoes the YaRN magnitude's cancellation (`attn_factor ·
+    /// (1 + 0.1 ln factor)`) and applies `mscale_all_dim` (`1 + 0.1 · log_mul · ln factor`);
+    /// plain `1 / sqrt(dk)` without scaling.
+    pub fn mla_score_scale(&self, dk: usize) -> f32 {
+        let ln_factor = (1.0 / self.rope.freq_scale).ln();
+        let attn_factor_org = self.rope.yarn.attn_factor * (1.0 + 0.1 * ln_factor);
+        let mscale = attn_factor_org * (1.0 + 0.1 * self.rope_train.yarn_log_mul * ln_factor);
+        mscale * mscale / (dk as f32).sqrt()
     }
 
     /// Layer `il`'s RoPE without the file's frequency factors (`Weights::rope` adds them).

@@ -129,7 +129,7 @@ pub fn attention(
     let mut kc = vec![0.0f32; seen];
     kv.widen_k(il, &mut kc);
 
-    let scale = 1.0 / (dk as f32).sqrt();
+    let scale = hp.mla_score_scale(dk);
     // o: per head (n, r), the softmax-weighted latents.
     let mut out = vec![0.0f32; n * nh * dv];
     for head in 0..nh {
