@@ -2,9 +2,10 @@
 # Quality of the long-context settings: perplexity on a novel (Emma) and passkey retrieval (a
 # five-digit number hidden at several depths of filler text), for the full cache, quantized
 # caches, a window, window + sinks (also at the summary's memory), and window + sinks + summary
-# (learned centroids, keys at their own positions, 1.25·ln(count); and the alternatives: no
-# ln(count), the first design's keys at distance W with and without it, round-robin and recency
-# slots; summary-custom takes SUMFLAGS).
+# (learned centroids, keys at their own positions, 1.25·ln(count), slots forgetting over 2048
+# tokens; and the alternatives: no ln(count), the first design's keys at distance W with and
+# without it, round-robin and recency slots, slots that never forget; summary-custom takes
+# SUMFLAGS).
 #
 # Usage: scripts/long-context-quality.sh [CTXS] [SETTINGS]
 #   CTXS      contexts in tokens (default "4096 16384 32768"; perplexity scores the second half
@@ -46,11 +47,12 @@ declare -A SET=(
   [summary-nolog]="$SUM|${win[*]} --kv-summary-log-weight 0"
   [summary-window]="$SUM|${win[*]} --kv-summary-keys window --kv-summary-log-weight 0"
   [summary-window-log]="$SUM|${win[*]} --kv-summary-keys window"
+  [summary-forever]="$SUM|${win[*]} --kv-summary-horizon 0"
   [summary-custom]="$SUM|${win[*]} ${SUMFLAGS:-}"
   [summary-roundrobin]="$MODEL|${win[*]} --kv-summary $M --kv-summary-assign round-robin"
   [summary-recency]="$MODEL|${win[*]} --kv-summary $M --kv-summary-assign recency"
 )
-ORDER="full window+sinks-eqmem summary window+sinks window summary-nolog summary-window summary-window-log summary-roundrobin summary-recency q8_0 q4_0 window+sinks-abs"
+ORDER="full window+sinks-eqmem summary window+sinks window summary-nolog summary-window summary-window-log summary-roundrobin summary-recency summary-forever q8_0 q4_0 window+sinks-abs"
 SETTINGS=${2:-$ORDER}
 FILLER="The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
 

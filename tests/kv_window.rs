@@ -133,12 +133,14 @@ fn window_sinks_and_summary_match_the_reference_path() {
             assign: Assign::Centroids(Arc::new(cents)),
             log_weight: 1.0,
             keys: SlotKeys::Window,
+            horizon: 0,
         }),
         Some(SummaryConfig {
             n_slot: 4,
             assign: Assign::RoundRobin,
             log_weight: 0.0,
             keys: SlotKeys::TruePos,
+            horizon: 0,
         }),
     ];
     for summary in summaries {

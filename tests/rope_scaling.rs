@@ -110,12 +110,14 @@ fn yarn_reaches_the_window_path() {
             assign: Assign::RoundRobin,
             log_weight: 0.0,
             keys: SlotKeys::Window,
+            horizon: 0,
         }),
         Some(SummaryConfig {
             n_slot: 4,
             assign: Assign::RoundRobin,
             log_weight: DEFAULT_LOG_WEIGHT,
             keys: SlotKeys::TruePos,
+            horizon: 0,
         }),
     ] {
         let what = format!("{:?}", summary.as_ref().map(|s| (s.n_slot, s.keys)));

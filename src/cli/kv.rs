@@ -7,7 +7,7 @@ use dsrun::gguf::GgufHeader;
 use dsrun::model::kv_cache::{kv_bytes, parse_kv_type};
 use dsrun::model::kv_summary::KvSummary;
 use dsrun::model::kv_window::{
-    Assign, SinkPos, SlotKeys, StreamConfig, SummaryConfig, DEFAULT_LOG_WEIGHT,
+    Assign, SinkPos, SlotKeys, StreamConfig, SummaryConfig, DEFAULT_HORIZON, DEFAULT_LOG_WEIGHT,
 };
 use dsrun::model::HParams;
 use dsrun::model::KvTypes;
@@ -48,6 +48,15 @@ pub struct KvArgs {
     /// or window (the mean pre-RoPE key placed at distance W; for measurements)
     #[arg(long = "kv-summary-keys", default_value = "true-pos", hide = true)]
     pub kv_summary_keys: String,
+    /// Summary slots forget: each absorption scales the slots by 1 - 1/H (0: never; for
+    /// measurements)
+    #[arg(
+        long = "kv-summary-horizon",
+        value_name = "H",
+        default_value_t = DEFAULT_HORIZON,
+        hide = true
+    )]
+    pub kv_summary_horizon: usize,
     /// Where sinks sit for queries past the window: cache (StreamingLLM) or absolute
     #[arg(long = "kv-sink-pos", default_value = "cache", hide = true)]
     pub kv_sink_pos: String,
@@ -124,6 +133,7 @@ impl KvArgs {
                     assign: Assign::Centroids(Arc::new(l.centroids)),
                     log_weight,
                     keys,
+                    horizon: self.kv_summary_horizon,
                 }),
             },
             (name, m) => {
@@ -144,6 +154,7 @@ impl KvArgs {
                     assign,
                     log_weight,
                     keys,
+                    horizon: self.kv_summary_horizon,
                 })
             }
         };
@@ -256,7 +267,7 @@ fn describe_stream(hp: &HParams, n_ctx: usize, types: KvTypes, c: &StreamConfig)
     let summary = match &c.summary {
         None => String::new(),
         Some(s) => format!(
-            " + {} {} summary slots per KV head{}",
+            " + {} {} summary slots per KV head{}{}",
             s.n_slot,
             match s.assign {
                 Assign::Centroids(_) => "learned",
@@ -267,6 +278,11 @@ fn describe_stream(hp: &HParams, n_ctx: usize, types: KvTypes, c: &StreamConfig)
                 (SlotKeys::TruePos, DEFAULT_LOG_WEIGHT) => String::new(),
                 (SlotKeys::TruePos, a) => format!(" ({a}·ln count)"),
                 (SlotKeys::Window, a) => format!(" (keys at distance W, {a}·ln count)"),
+            },
+            match s.horizon {
+                DEFAULT_HORIZON => String::new(),
+                0 => " (never forgetting)".to_string(),
+                h => format!(" (forgetting over {h} tokens)"),
             }
         ),
     };

@@ -130,6 +130,17 @@ pub(crate) fn attend(kv: &mut KvCache, il: usize, inp: &StreamInput, out: &mut [
                 }
                 // Slots are chosen by the pre-RoPE key; they sum it, or the key after RoPE.
                 let abs_key = (sc.keys == SlotKeys::TruePos).then(|| key.clone());
+                let decay = sc.decay();
+                if decay != 1.0 {
+                    for x in st
+                        .sum_k
+                        .iter_mut()
+                        .chain(&mut st.sum_v)
+                        .chain(&mut st.count)
+                    {
+                        *x *= decay;
+                    }
+                }
                 unrope(inp.rope, &mut key, hd, j);
                 for g in 0..inp.n_head_kv {
                     let kh = &key[g * hd..(g + 1) * hd];

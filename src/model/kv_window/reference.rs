@@ -48,20 +48,23 @@ pub fn reference_attention(
             if let Some(sc) = &cfg.summary {
                 let m = sc.n_slot;
                 let (mut sk, mut sv, mut cnt) =
-                    (vec![0.0f32; m * hd], vec![0.0f32; m * hd], vec![0usize; m]);
-                for j in s_n..(p + 1).saturating_sub(w) {
+                    (vec![0.0f32; m * hd], vec![0.0f32; m * hd], vec![0.0f32; m]);
+                let last = (p + 1).saturating_sub(w);
+                for j in s_n..last {
+                    // The token absorbed `last - 1 - j` absorptions ago.
+                    let wt = sc.decay().powi((last - 1 - j) as i32);
                     let kh = head(hk, j);
                     let a = slot_of(sc, cfg, il, g, inp.n_head_kv, j, &kh);
                     let ks = match sc.keys {
                         SlotKeys::Window => kh,
                         SlotKeys::TruePos => rotated(inp.rope, &kh, hd, j),
                     };
-                    axpy(&mut sk[a * hd..(a + 1) * hd], 1.0, &ks);
-                    axpy(&mut sv[a * hd..(a + 1) * hd], 1.0, &head(hv, j));
-                    cnt[a] += 1;
+                    axpy(&mut sk[a * hd..(a + 1) * hd], wt, &ks);
+                    axpy(&mut sv[a * hd..(a + 1) * hd], wt, &head(hv, j));
+                    cnt[a] += wt;
                 }
-                for a in (0..m).filter(|&a| cnt[a] > 0) {
-                    let c = cnt[a] as f32;
+                for a in (0..m).filter(|&a| cnt[a] > 0.0) {
+                    let c = cnt[a];
                     let mk: Vec<f32> = sk[a * hd..(a + 1) * hd].iter().map(|x| x / c).collect();
                     let mv: Vec<f32> = sv[a * hd..(a + 1) * hd].iter().map(|x| x / c).collect();
                     let bias = slot_bias(sc.log_weight, c);

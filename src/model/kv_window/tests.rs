@@ -95,24 +95,28 @@ fn fast_path_equals_reference() {
             assign: Assign::Centroids(cents),
             log_weight: 0.5,
             keys: SlotKeys::TruePos,
+            horizon: 0,
         }),
         Some(SummaryConfig {
             n_slot: 5,
             assign: Assign::RoundRobin,
             log_weight: 1.0,
             keys: SlotKeys::TruePos,
+            horizon: 9,
         }),
         Some(SummaryConfig {
             n_slot: 4,
             assign: Assign::RoundRobin,
             log_weight: 0.0,
             keys: SlotKeys::Window,
+            horizon: 0,
         }),
         Some(SummaryConfig {
             n_slot: 2,
             assign: Assign::Recency,
             log_weight: 1.0,
             keys: SlotKeys::Window,
+            horizon: 0,
         }),
     ];
     let q8 = KvTypes {
@@ -169,6 +173,7 @@ fn long_run_fast_equals_reference() {
             assign: Assign::Centroids(cents),
             log_weight: 1.25,
             keys: SlotKeys::TruePos,
+            horizon: 0,
         }),
         reference: false,
     };
