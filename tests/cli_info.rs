@@ -64,7 +64,7 @@ fn info_on_the_tiny_moe() {
 
 #[test]
 fn info_on_bad_files_fails_with_one_line() {
-    let dir = std::env::temp_dir().join(format!("dsrun-cli-info-{}", std::process::id()));
+    let dir = common::scratch("cli-info", "");
     std::fs::create_dir_all(&dir).unwrap();
     let empty = dir.join("empty.gguf");
     std::fs::write(&empty, b"").unwrap();

@@ -3,6 +3,8 @@
 //! give an error or a valid parse — never a panic, never a huge allocation. Longer, coverage-guided
 //! runs: `cargo +nightly fuzz run gguf_header` in `fuzz/`.
 
+mod common;
+
 use dsrun::gguf::writer::{string_array, GgufWriter};
 use dsrun::gguf::{GgufFile, GgufHeader, Value, ValueType};
 use dsrun::tensor::GgmlType;
@@ -250,7 +252,7 @@ fn mutations_of_a_real_model() {
 
 #[test]
 fn files_that_are_not_gguf_give_one_line() {
-    let dir = std::env::temp_dir().join(format!("dsrun-fuzz-{}", std::process::id()));
+    let dir = common::scratch("fuzz", "");
     std::fs::create_dir_all(&dir).unwrap();
     let empty = dir.join("empty.gguf");
     std::fs::write(&empty, b"").unwrap();

@@ -164,7 +164,7 @@ fn bad_flag_values_are_refused() {
 fn calibrate_round_trip_and_llama_cpp_loads_the_file() {
     let m = common::model(common::TINY_Q8);
     let text = common::model("tiny-qwen3moe/heldout.txt");
-    let dir = std::env::temp_dir().join(format!("dsrun-moe-dyn-{}", std::process::id()));
+    let dir = common::scratch("moe-dyn", "");
     std::fs::create_dir_all(&dir).unwrap();
     let out_path = dir.join("calibrated.gguf");
     let out = dsrun(&[

@@ -98,7 +98,7 @@ fn gemma3_wikitext() {
 fn cli_perplexity_and_kld() {
     let m = common::model(common::TINY_Q8);
     let heldout = common::model("tiny-qwen3moe/heldout.txt");
-    let dir = std::env::temp_dir().join(format!("dsrun-ppl-{}", std::process::id()));
+    let dir = common::scratch("ppl", "");
     std::fs::create_dir_all(&dir).unwrap();
     let base = dir.join("base.kld");
     let out = Command::new(env!("CARGO_BIN_EXE_dsrun"))
