@@ -4,6 +4,8 @@
 // theta_i = pos * base^(-2i/n_rot) by repeated multiplication, as ggml and the CPU path do.
 // YaRN as ggml's rope_yarn (ext_factor 0: plain or linear): the ramp over [corr_lo, corr_hi]
 // mixes interpolated and original angles, cos/sin times attn_factor * (1 + 0.1 ln(1/scale)).
+// factors: one divisor per pair (ggml's freq_factors, Llama 3.1's rope_freqs.weight; all 1
+// when the model has none), applied to theta before the scaling.
 // One invocation per (token, head, pair).
 
 struct Params {
@@ -27,6 +29,7 @@ struct Step {
 @group(0) @binding(0) var<storage, read_write> x: array<f32>;
 @group(0) @binding(1) var<uniform> params: Params;
 @group(0) @binding(2) var<uniform> step: Step;
+@group(0) @binding(3) var<storage, read> factors: array<f32>;
 
 @compute @workgroup_size(64)
 fn rope(@builtin(global_invocation_id) gid: vec3<u32>) {
@@ -43,6 +46,7 @@ fn rope(@builtin(global_invocation_id) gid: vec3<u32>) {
     for (var k = 0u; k < i; k++) {
         theta *= theta_scale;
     }
+    theta = theta / factors[i];
     let interp = params.freq_scale * theta;
     var t = interp;
     var mscale = params.attn_factor;

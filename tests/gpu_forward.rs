@@ -211,8 +211,13 @@ fn decoded(model: &Model, ids: &[u32]) -> Vec<f32> {
 /// float order is not the row kernels'): relative L2 under `max_rel` and KL divergence under
 /// `max_kld` on every row.
 fn logits_close(name: &str, opts: GpuOptions, max_rel: f64, max_kld: f64) {
+    logits_close_at(&common::model(name), opts, max_rel, max_kld)
+}
+
+fn logits_close_at(path: &std::path::Path, opts: GpuOptions, max_rel: f64, max_kld: f64) {
     let Some(ctx) = gpu() else { return };
-    let file = GgufFile::open(common::model(name)).unwrap();
+    let name = path.file_name().unwrap().to_string_lossy();
+    let file = GgufFile::open(path).unwrap();
     let mut model = Model::load(&file).unwrap();
     let ids = model.tokenizer.encode(PROMPT, true, true).unwrap();
     let n_vocab = model.hp.n_vocab;
@@ -283,6 +288,24 @@ fn logits_on_gpu_are_close_to_cpu() {
     // chunks of 128 tokens of heldout.txt (`dsrun perplexity --kl-divergence`); a wrong index
     // or a missing term gives far more than 1.
     logits_close(common::SMOLLM2, GpuOptions::default(), 0.2, 0.03);
+}
+
+/// Llama 3.1's RoPE frequency factors (`rope_freqs.weight`) in `rope.wgsl`: the tiny random
+/// llama (F32) with factors 4, 0.5, 2, 1 over its 8 pairs (tests/rope_scaling_vs_llamacpp.rs
+/// holds the CPU to llama.cpp on the same file), GPU against CPU.
+#[test]
+fn rope_freqs_on_gpu_match_cpu() {
+    use dsrun::synth::{self, presets};
+
+    let vocab = GgufFile::open(common::model(common::TINY_F16)).unwrap();
+    let spec = presets::tiny("llama").unwrap();
+    let plain = common::scratch("gpu-rope-freqs", "llama.gguf");
+    synth::write(&spec, &vocab, &plain, &synth::encode_dsrun).unwrap();
+    let factors = (0..spec.head_dim / 2)
+        .map(|i| [4.0, 0.5, 2.0, 1.0][i % 4])
+        .collect();
+    let path = common::copy_with(&plain, "llama-freqs.gguf", &[], Some(factors));
+    logits_close_at(&path, GpuOptions::default(), 1e-3, 1e-5);
 }
 
 #[test]

@@ -138,7 +138,7 @@ fn gpt_oss_yarn_from_metadata_matches_llama_cpp() {
     let spec = presets::tiny("gpt-oss").unwrap();
     let plain = common::scratch("rope", "gpt-oss.gguf");
     synth::write(&spec, &vocab, &plain, &synth::encode_dsrun).unwrap();
-    let path = copy_with(
+    let path = common::copy_with(
         &plain,
         "gpt-oss-yarn.gguf",
         &[
@@ -211,7 +211,7 @@ fn rope_freqs_match_llama_cpp() {
     let factors: Vec<f32> = (0..spec.head_dim / 2)
         .map(|i| [4.0, 0.5, 2.0, 1.0][i % 4])
         .collect();
-    let path = copy_with(&plain, "llama-freqs.gguf", &[], Some(factors));
+    let path = common::copy_with(&plain, "llama-freqs.gguf", &[], Some(factors));
     let (n, worst, moved) = against_llama_cpp(&path, &plain);
     eprintln!(
         "llama rope_freqs: {n} positions, worst rel. L2 {worst:.2e}; without the factors \
@@ -222,45 +222,6 @@ fn rope_freqs_match_llama_cpp() {
         moved > 20.0 * worst.max(1e-4),
         "the factors should matter: {moved}"
     );
-}
-
-/// A copy of `plain` in the scratch folder named `name`, with metadata `meta` set and, given
-/// `rope_freqs`, the tensor `rope_freqs.weight` (F32) added.
-fn copy_with(
-    plain: &std::path::Path,
-    name: &str,
-    meta: &[(&str, Value)],
-    rope_freqs: Option<Vec<f32>>,
-) -> std::path::PathBuf {
-    use dsrun::gguf::writer::GgufWriter;
-    use dsrun::tensor::GgmlType;
-
-    let src = GgufFile::open(plain).unwrap();
-    let mut w = GgufWriter::new();
-    for (k, v) in &src.header().metadata {
-        w.set(k, v.clone());
-    }
-    for (k, v) in meta {
-        w.set(k, v.clone());
-    }
-    let tensors = &src.header().tensors;
-    for t in tensors {
-        w.add_tensor(&t.name, t.ty, &t.dims);
-    }
-    if let Some(f) = &rope_freqs {
-        w.add_tensor("rope_freqs.weight", GgmlType::F32, &[f.len() as u64]);
-    }
-    let path = plain.with_file_name(name);
-    w.write_file(&path, |i| match tensors.get(i) {
-        Some(t) => Ok(src.tensor_data(t)?.to_vec()),
-        None => Ok(rope_freqs
-            .iter()
-            .flatten()
-            .flat_map(|x| x.to_le_bytes())
-            .collect()),
-    })
-    .unwrap();
-    path
 }
 
 /// DeepSeek's YaRN (as DeepSeek-V2/V3 files ship it: factor over the original context, and
@@ -294,8 +255,8 @@ fn deepseek2_yarn_matches_llama_cpp() {
         ]
     };
     // DeepSeek-V2-Lite: factor 40, mscale_all_dim 0.707, stored as 0.0707.
-    let path = copy_with(&plain, "deepseek2-yarn.gguf", &yarn(0.0707), None);
-    let no_mscale = copy_with(&plain, "deepseek2-yarn-no-mscale.gguf", &yarn(0.0), None);
+    let path = common::copy_with(&plain, "deepseek2-yarn.gguf", &yarn(0.0707), None);
+    let no_mscale = common::copy_with(&plain, "deepseek2-yarn-no-mscale.gguf", &yarn(0.0), None);
     let (n, worst, moved) = against_llama_cpp(&path, &no_mscale);
     eprintln!(
         "deepseek2 YaRN x40 over 4096: {n} positions, worst rel. L2 {worst:.2e}; without \

@@ -242,6 +242,13 @@ impl RopeUniform {
     }
 }
 
+/// The RoPE frequency divisors `rope.wgsl` reads (binding 3): the model's, or all 1.
+pub(crate) fn rope_factors(ctx: &GpuContext, rope: &RopeParams) -> Result<wgpu::Buffer> {
+    let ones = vec![1.0f32; (rope.n_rot / 2).max(1)];
+    let f = rope.factors.as_deref().unwrap_or(&ones);
+    ctx.storage("rope factors", bytemuck::cast_slice(f))
+}
+
 /// The per-batch values every dynamic shader reads (`struct Step` in WGSL).
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -516,9 +523,10 @@ impl<'c> GpuOps<'c> {
                 "GPU rope: {n_tok} tokens in one call"
             )));
         }
+        let factors = rope_factors(self.ctx, rope)?;
         self.dispatch(
             &pipeline,
-            &[(0, &xb), (1, &params), (2, &step)],
+            &[(0, &xb), (1, &params), (2, &step), (3, &factors)],
             (groups.max(1), 1, 1),
         )?;
         x.copy_from_slice(&self.read(&xb, x.len())?);

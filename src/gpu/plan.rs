@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use bytemuck::{Pod, Zeroable};
 
-use super::ops::{u32s, GpuMatrix, MatvecDispatch, NormParams, RopeUniform, MAX_GROUPS};
+use super::ops::{
+    rope_factors, u32s, GpuMatrix, MatvecDispatch, NormParams, RopeUniform, MAX_GROUPS,
+};
 use super::shaders;
 use super::weights::{GpuFfn, GpuLayer};
 use super::GpuContext;
@@ -371,13 +373,14 @@ impl Builder<'_> {
             }
         }
         let rope = &l.rope;
+        let factors = rope_factors(ctx, rope)?;
         for (buf, n_head) in [(&a.q, hp.n_head), (&a.k, hp.n_head_kv)] {
             let p = self.pipe("rope", shaders::ROPE, "rope")?;
             let params = ctx.uniform(&RopeUniform::new(n_head, hd, rope)?);
             let per_tok = u32s(n_head * hp.n_rot / 2, "rotations")?;
             w.push(self.d(
                 p,
-                &[(0, buf), (1, &params), (2, &a.step)],
+                &[(0, buf), (1, &params), (2, &a.step), (3, &factors)],
                 Groups::Elements(per_tok),
             ));
         }

@@ -228,12 +228,15 @@ fn rms_norm_softmax_rope_match_cpu() {
         n_ctx_orig: 1024,
         ..Yarn::NONE
     };
-    for (kind, freq_scale, yarn) in [
-        (RopeKind::Norm, 1.0, Yarn::NONE),
-        (RopeKind::Neox, 1.0, Yarn::NONE),
-        (RopeKind::Neox, 0.5, Yarn::NONE),
-        (RopeKind::Norm, 0.25, yarn),
-        (RopeKind::Neox, 0.25, yarn),
+    let factors: std::sync::Arc<[f32]> = (0..24).map(|i| 0.5 + (i % 5) as f32).collect();
+    for (kind, freq_scale, yarn, factors) in [
+        (RopeKind::Norm, 1.0, Yarn::NONE, None),
+        (RopeKind::Neox, 1.0, Yarn::NONE, None),
+        (RopeKind::Neox, 0.5, Yarn::NONE, None),
+        (RopeKind::Norm, 0.25, yarn, None),
+        (RopeKind::Neox, 0.25, yarn, None),
+        (RopeKind::Norm, 1.0, Yarn::NONE, Some(factors.clone())),
+        (RopeKind::Neox, 0.25, yarn, Some(factors.clone())),
     ] {
         let (n_tok, n_head, head_dim) = (1 + rng.below(8), 1 + rng.below(6), 64);
         let rope = RopeParams {
@@ -242,7 +245,7 @@ fn rms_norm_softmax_rope_match_cpu() {
             freq_base: 10000.0,
             freq_scale,
             yarn,
-            factors: None,
+            factors,
         };
         let pos0 = rng.below(2000);
         let x = rng.vec(n_tok * n_head * head_dim, 1.0);

@@ -108,12 +108,6 @@ fn check(hp: &HParams, w: &Weights) -> Result<()> {
     if hp.head_dim > 256 || !hp.head_dim.is_multiple_of(2) {
         return Err(unsupported("heads over 256 values or of odd size", arch));
     }
-    if w.rope_freqs.is_some() {
-        return Err(unsupported(
-            "RoPE frequency factors (rope_freqs.weight)",
-            arch,
-        ));
-    }
     for lw in &w.layers {
         if lw.post_attn_norm.is_some() || lw.post_ffn_norm.is_some() {
             return Err(unsupported("post-norms", arch));

@@ -70,3 +70,42 @@ impl Drop for TempFile {
         let _ = std::fs::remove_file(&self.0);
     }
 }
+
+/// A copy of `plain` beside it named `name`, with metadata `meta` set and, given
+/// `rope_freqs`, the tensor `rope_freqs.weight` (F32) added.
+pub fn copy_with(
+    plain: &std::path::Path,
+    name: &str,
+    meta: &[(&str, dsrun::gguf::Value)],
+    rope_freqs: Option<Vec<f32>>,
+) -> std::path::PathBuf {
+    use dsrun::gguf::writer::GgufWriter;
+    use dsrun::tensor::GgmlType;
+
+    let src = dsrun::gguf::GgufFile::open(plain).unwrap();
+    let mut w = GgufWriter::new();
+    for (k, v) in &src.header().metadata {
+        w.set(k, v.clone());
+    }
+    for (k, v) in meta {
+        w.set(k, v.clone());
+    }
+    let tensors = &src.header().tensors;
+    for t in tensors {
+        w.add_tensor(&t.name, t.ty, &t.dims);
+    }
+    if let Some(f) = &rope_freqs {
+        w.add_tensor("rope_freqs.weight", GgmlType::F32, &[f.len() as u64]);
+    }
+    let path = plain.with_file_name(name);
+    w.write_file(&path, |i| match tensors.get(i) {
+        Some(t) => Ok(src.tensor_data(t)?.to_vec()),
+        None => Ok(rope_freqs
+            .iter()
+            .flatten()
+            .flat_map(|x| x.to_le_bytes())
+            .collect()),
+    })
+    .unwrap();
+    path
+}
