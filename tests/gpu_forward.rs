@@ -295,12 +295,7 @@ fn logits_on_gpu_are_close_to_cpu() {
 /// holds the CPU to llama.cpp on the same file), GPU against CPU.
 #[test]
 fn rope_freqs_on_gpu_match_cpu() {
-    use dsrun::synth::{self, presets};
-
-    let vocab = GgufFile::open(common::model(common::TINY_F16)).unwrap();
-    let spec = presets::tiny("llama").unwrap();
-    let plain = common::scratch("gpu-rope-freqs", "llama.gguf");
-    synth::write(&spec, &vocab, &plain, &synth::encode_dsrun).unwrap();
+    let (spec, plain) = common::tiny_synth("llama", "gpu-rope-freqs");
     let factors = (0..spec.head_dim / 2)
         .map(|i| [4.0, 0.5, 2.0, 1.0][i % 4])
         .collect();

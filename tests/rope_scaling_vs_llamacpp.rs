@@ -132,12 +132,7 @@ fn yarn_and_linear_match_llama_cpp() {
 /// by 0.1% either way measured 2.1e-3, the file without the keys 0.86.
 #[test]
 fn gpt_oss_yarn_from_metadata_matches_llama_cpp() {
-    use dsrun::synth::{self, presets};
-
-    let vocab = GgufFile::open(common::model(common::TINY_F16)).unwrap();
-    let spec = presets::tiny("gpt-oss").unwrap();
-    let plain = common::scratch("rope", "gpt-oss.gguf");
-    synth::write(&spec, &vocab, &plain, &synth::encode_dsrun).unwrap();
+    let (_, plain) = common::tiny_synth("gpt-oss", "rope");
     let path = common::copy_with(
         &plain,
         "gpt-oss-yarn.gguf",
@@ -202,12 +197,7 @@ fn against_llama_cpp(path: &std::path::Path, plain: &std::path::Path) -> (usize,
 /// three starting points pass.
 #[test]
 fn rope_freqs_match_llama_cpp() {
-    use dsrun::synth::{self, presets};
-
-    let vocab = GgufFile::open(common::model(common::TINY_F16)).unwrap();
-    let spec = presets::tiny("llama").unwrap();
-    let plain = common::scratch("rope-freqs", "llama.gguf");
-    synth::write(&spec, &vocab, &plain, &synth::encode_dsrun).unwrap();
+    let (spec, plain) = common::tiny_synth("llama", "rope-freqs");
     let factors: Vec<f32> = (0..spec.head_dim / 2)
         .map(|i| [4.0, 0.5, 2.0, 1.0][i % 4])
         .collect();
@@ -234,12 +224,7 @@ fn rope_freqs_match_llama_cpp() {
 /// 1.45e-3; the f16 latent cache), without mscale² 1.03.
 #[test]
 fn deepseek2_yarn_matches_llama_cpp() {
-    use dsrun::synth::{self, presets};
-
-    let vocab = GgufFile::open(common::model(common::TINY_F16)).unwrap();
-    let spec = presets::tiny("deepseek2").unwrap();
-    let plain = common::scratch("rope-deepseek", "deepseek2.gguf");
-    synth::write(&spec, &vocab, &plain, &synth::encode_dsrun).unwrap();
+    let (_, plain) = common::tiny_synth("deepseek2", "rope-deepseek");
     let yarn = |log_mul: f32| {
         vec![
             ("deepseek2.rope.scaling.type", Value::String("yarn".into())),

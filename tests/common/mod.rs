@@ -109,3 +109,14 @@ pub fn copy_with(
     .unwrap();
     path
 }
+
+/// The tiny random-weight model of `arch` (`dsrun::synth::presets::tiny`, F32, the tiny
+/// Qwen3-MoE's vocabulary) written to the scratch folder `tag`: its spec and path.
+pub fn tiny_synth(arch: &str, tag: &str) -> (dsrun::synth::SynthSpec, PathBuf) {
+    use dsrun::synth::{self, presets};
+    let vocab = dsrun::gguf::GgufFile::open(model(TINY_F16)).unwrap();
+    let spec = presets::tiny(arch).unwrap();
+    let path = scratch(tag, &format!("{arch}.gguf"));
+    synth::write(&spec, &vocab, &path, &synth::encode_dsrun).unwrap();
+    (spec, path)
+}
