@@ -331,18 +331,9 @@ fn missing_router_is_refused() {
 }
 
 #[test]
-fn deepseek_with_yarn_or_another_mla_layout_is_refused() {
+fn deepseek_with_another_mla_layout_is_refused() {
+    // (DeepSeek's YaRN runs since session 6: tests/rope_scaling_vs_llamacpp.rs.)
     use dsrun::gguf::Value;
-    let e = load_error_of(
-        "deepseek2",
-        "yarn",
-        |w| w.set("deepseek2.rope.scaling.type", Value::String("yarn".into())),
-        |_| {},
-    );
-    assert!(
-        e.contains("\"yarn\" RoPE scaling is not supported yet"),
-        "{e}"
-    );
     // The pre-MLA layout (one K/V head per query head) is named, not run wrongly.
     let e = load_error_of(
         "deepseek2",
