@@ -31,9 +31,10 @@ cargo build --release -q
 SUM="$DIR/$(basename "$MODEL" .gguf)-kvsum$M.gguf"
 [ -f "$SUM" ] || $BIN calibrate -m "$MODEL" -f "$CALIB" -c 2048 --chunks 4 --kv-summary "$M" \
   -t "$THREADS" -o "$SUM" >&2
-# A summary slot (f32 mean K and V, and a count, per KV head) takes the memory of 2 f16 window
-# rows and a little more: window + sinks at equal memory gets 2M + 1 more rows.
-WEQ=$((W + 2 * M + 1))
+# A summary slot (f16 mean K and V, and an f32 count, per KV head) takes the memory of one f16
+# window row and a little more: window + sinks at equal memory gets M + 1 more rows (with
+# head_dim >= M; with the f32 slots of sessions 5 and 6 it was 2M + 1).
+WEQ=$((W + M + 1))
 win=(--kv-window "$W" --kv-sinks "$S")
 declare -A SET=(
   [full]="$MODEL|"

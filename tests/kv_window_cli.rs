@@ -79,6 +79,10 @@ fn window_sinks_and_learned_summary_from_the_command_line() {
         err.contains("+ 8 learned summary slots per KV head"),
         "{err}"
     );
+    // Each slot: f16 mean K and V, and an f32 count per KV head (f32 means would read 0.9).
+    let per_layer = 16 * 192 * 2 * 2 + 4 * 192 * 2 * 4 + 8 * (192 * 2 * 2 + 3 * 4);
+    let mib = format!("{:.1} MiB", (30 * per_layer) as f64 / (1 << 20) as f64);
+    assert!(err.contains(&mib), "{err}: expected {mib}");
     // --kv-summary 0 turns it off; a count other than the file's is refused.
     let r = dsrun(&[
         "run",

@@ -5,7 +5,7 @@ use rayon::prelude::*;
 use super::reference::reference_attention;
 use super::rope::{rotated, unrope};
 use super::simd::{axpy, dot};
-use super::summary::{slot_of, snapshot, Snapshot};
+use super::summary::{forget, join, join_seed, slot_of, snapshot, Snapshot};
 use super::{SinkPos, SlotKeys, StreamConfig, StreamInput};
 use crate::kernels::attention::softmax_row;
 use crate::model::kv_cache::{hadamard_blocks, KvCache};
@@ -114,7 +114,7 @@ pub(crate) fn attend(kv: &mut KvCache, il: usize, inp: &StreamInput, out: &mut [
     let mut snap_of = vec![0usize; n];
     if let Some(sc) = &cfg.summary {
         let st = kv.stream_layer(il);
-        snaps.push(snapshot(st, sc.log_weight, hd));
+        snaps.push(snapshot(st, sc.log_weight));
         for (t, so) in snap_of.iter_mut().enumerate() {
             let p = p0 + t;
             if p >= w && p - w >= s_n {
@@ -130,28 +130,23 @@ pub(crate) fn attend(kv: &mut KvCache, il: usize, inp: &StreamInput, out: &mut [
                 }
                 // Slots are chosen by the pre-RoPE key; they sum it, or the key after RoPE.
                 let abs_key = (sc.keys == SlotKeys::TruePos).then(|| key.clone());
-                let decay = sc.decay();
-                if decay != 1.0 {
-                    for x in st
-                        .sum_k
-                        .iter_mut()
-                        .chain(&mut st.sum_v)
-                        .chain(&mut st.count)
-                    {
-                        *x *= decay;
-                    }
-                }
+                forget(&mut st.count, sc.decay());
                 unrope(inp.rope, &mut key, hd, j);
                 for g in 0..inp.n_head_kv {
                     let kh = &key[g * hd..(g + 1) * hd];
                     let m = slot_of(sc, &cfg, il, g, inp.n_head_kv, j, kh);
-                    let at = (g * sc.n_slot + m) * hd;
+                    let (at, c) = ((g * sc.n_slot + m) * hd, g * sc.n_slot + m);
                     let ks = abs_key.as_ref().map_or(kh, |a| &a[g * hd..(g + 1) * hd]);
-                    axpy(&mut st.sum_k[at..at + hd], 1.0, ks);
-                    axpy(&mut st.sum_v[at..at + hd], 1.0, &val[g * hd..(g + 1) * hd]);
-                    st.count[g * sc.n_slot + m] += 1.0;
+                    join(
+                        &mut st.mean_k[at..at + hd],
+                        &mut st.mean_v[at..at + hd],
+                        &mut st.count[c],
+                        ks,
+                        &val[g * hd..(g + 1) * hd],
+                        join_seed(il, g, m, j),
+                    );
                 }
-                snaps.push(snapshot(st, sc.log_weight, hd));
+                snaps.push(snapshot(st, sc.log_weight));
             }
             *so = snaps.len() - 1;
         }

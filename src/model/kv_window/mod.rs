@@ -6,8 +6,11 @@
 //! - the window: positions `max(S, p + 1 - W) ..= p`, kept in a ring of `W` rows of the cache's
 //!   type (K after RoPE at its absolute position, so `q · k` sees the true distance);
 //! - with a summary, per KV head `M` slots: a token leaving the window joins the slot whose
-//!   learned centroid is nearest its pre-RoPE key; the slot holds the sums and the count of the
-//!   keys *after RoPE at their own positions* and of the values. Attention sees the mean key,
+//!   learned centroid is nearest its pre-RoPE key; the slot holds the means of the keys *after
+//!   RoPE at their own positions* and of the values (in f16, like the window's rows: a slot
+//!   costs what one window row does; each join moves the means by `1 / count` and rounds
+//!   stochastically, as nearest rounding would freeze a heavy slot), and an f32 count.
+//!   Attention sees the mean key,
 //!   met by the query at its own absolute position, so `q · mean` is the mean of the absorbed
 //!   keys' scores at their true distances (the high-frequency dimensions of keys from many
 //!   positions average out, as they do in full attention), plus `α · ln(count)`: with `α = 1` a
@@ -50,6 +53,8 @@ mod tests;
 pub(crate) use attend::attend;
 pub use reference::reference_attention;
 pub use rope::unrope;
+
+use half::f16;
 
 use crate::kernels::rope::RopeParams;
 
@@ -142,10 +147,10 @@ impl StreamConfig {
         self.summary.as_ref().map_or(0, |s| s.n_slot)
     }
 
-    /// Bytes per layer outside the ring: f32 sinks and summary sums, and the slot counts.
+    /// Bytes per layer outside the ring: f32 sinks, f16 summary means and f32 slot counts.
     pub fn extra_bytes(&self, n_head_kv: usize, head_dim: usize) -> usize {
         let kv_dim = n_head_kv * head_dim;
-        (2 * self.sinks * kv_dim + self.n_slot() * (2 * kv_dim + n_head_kv)) * 4
+        2 * self.sinks * kv_dim * 4 + self.n_slot() * (2 * kv_dim * 2 + n_head_kv * 4)
     }
 }
 
@@ -154,9 +159,11 @@ pub(crate) struct StreamLayer {
     /// (S, kv_dim): K after RoPE at the sink's position, and V.
     sink_k: Vec<f32>,
     sink_v: Vec<f32>,
-    /// (n_head_kv, M, head_dim): sums of pre-RoPE keys and of values; (n_head_kv, M) counts.
-    sum_k: Vec<f32>,
-    sum_v: Vec<f32>,
+    /// (n_head_kv, M, head_dim): the slots' mean keys (after RoPE at each token's position, or
+    /// before RoPE for `SlotKeys::Window`) and mean values, stored in f16 like the window's
+    /// rows; (n_head_kv, M) counts (the forgetting-weighted number of tokens), f32.
+    mean_k: Vec<f16>,
+    mean_v: Vec<f16>,
     count: Vec<f32>,
     /// Reference mode: raw K and V of every position so far.
     history: Option<(Vec<f32>, Vec<f32>)>,
@@ -169,8 +176,8 @@ impl StreamLayer {
         StreamLayer {
             sink_k: vec![0.0; cfg.sinks * kv_dim],
             sink_v: vec![0.0; cfg.sinks * kv_dim],
-            sum_k: vec![0.0; m * kv_dim],
-            sum_v: vec![0.0; m * kv_dim],
+            mean_k: vec![f16::ZERO; m * kv_dim],
+            mean_v: vec![f16::ZERO; m * kv_dim],
             count: vec![0.0; m * n_head_kv],
             history: cfg.reference.then(|| (Vec::new(), Vec::new())),
         }
@@ -178,8 +185,8 @@ impl StreamLayer {
 
     /// Empties the summary (the sinks are rewritten before they are read).
     pub(crate) fn reset(&mut self) {
-        self.sum_k.iter_mut().for_each(|v| *v = 0.0);
-        self.sum_v.iter_mut().for_each(|v| *v = 0.0);
+        self.mean_k.iter_mut().for_each(|v| *v = f16::ZERO);
+        self.mean_v.iter_mut().for_each(|v| *v = f16::ZERO);
         self.count.iter_mut().for_each(|v| *v = 0.0);
         if let Some((k, v)) = &mut self.history {
             k.clear();
@@ -198,13 +205,10 @@ impl StreamLayer {
             .unwrap_or_default()
     }
 
-    /// Bytes of the f32 sinks, summary sums and counts.
+    /// Bytes of the f32 sinks, the f16 summary means and the f32 counts.
     pub(crate) fn bytes(&self) -> usize {
-        4 * (self.sink_k.len()
-            + self.sink_v.len()
-            + self.sum_k.len()
-            + self.sum_v.len()
-            + self.count.len())
+        4 * (self.sink_k.len() + self.sink_v.len() + self.count.len())
+            + 2 * (self.mean_k.len() + self.mean_v.len())
     }
 
     /// Fills the sinks with NaN, so that reading one before it is written shows (tests).

@@ -1,9 +1,11 @@
 //! The explicit recomputation the fast path is tested against.
 
+use half::f16;
+
 use super::attend::sink_query_pos;
 use super::rope::rotated;
 use super::simd::axpy;
-use super::summary::{slot_bias, slot_of};
+use super::summary::{forget, join, join_seed, slot_bias, slot_of};
 use super::{SlotKeys, StreamConfig, StreamInput};
 
 /// Windowed attention recomputed explicitly: for each query at `p` (the batch's positions
@@ -47,26 +49,41 @@ pub fn reference_attention(
             }
             if let Some(sc) = &cfg.summary {
                 let m = sc.n_slot;
-                let (mut sk, mut sv, mut cnt) =
-                    (vec![0.0f32; m * hd], vec![0.0f32; m * hd], vec![0.0f32; m]);
-                let last = (p + 1).saturating_sub(w);
-                for j in s_n..last {
-                    // The token absorbed `last - 1 - j` absorptions ago.
-                    let wt = sc.decay().powi((last - 1 - j) as i32);
+                // The slots as stored: f16 means moved toward each token in turn.
+                let (mut sk, mut sv, mut cnt) = (
+                    vec![f16::ZERO; m * hd],
+                    vec![f16::ZERO; m * hd],
+                    vec![0.0f32; m],
+                );
+                for j in s_n..(p + 1).saturating_sub(w) {
+                    forget(&mut cnt, sc.decay());
                     let kh = head(hk, j);
                     let a = slot_of(sc, cfg, il, g, inp.n_head_kv, j, &kh);
                     let ks = match sc.keys {
                         SlotKeys::Window => kh,
                         SlotKeys::TruePos => rotated(inp.rope, &kh, hd, j),
                     };
-                    axpy(&mut sk[a * hd..(a + 1) * hd], wt, &ks);
-                    axpy(&mut sv[a * hd..(a + 1) * hd], wt, &head(hv, j));
-                    cnt[a] += wt;
+                    let r = a * hd..(a + 1) * hd;
+                    let seed = join_seed(il, g, a, j);
+                    join(
+                        &mut sk[r.clone()],
+                        &mut sv[r],
+                        &mut cnt[a],
+                        &ks,
+                        &head(hv, j),
+                        seed,
+                    );
                 }
                 for a in (0..m).filter(|&a| cnt[a] > 0.0) {
                     let c = cnt[a];
-                    let mk: Vec<f32> = sk[a * hd..(a + 1) * hd].iter().map(|x| x / c).collect();
-                    let mv: Vec<f32> = sv[a * hd..(a + 1) * hd].iter().map(|x| x / c).collect();
+                    let mk: Vec<f32> = sk[a * hd..(a + 1) * hd]
+                        .iter()
+                        .map(|x| x.to_f32())
+                        .collect();
+                    let mv: Vec<f32> = sv[a * hd..(a + 1) * hd]
+                        .iter()
+                        .map(|x| x.to_f32())
+                        .collect();
                     let bias = slot_bias(sc.log_weight, c);
                     keys.push(match sc.keys {
                         SlotKeys::Window => {

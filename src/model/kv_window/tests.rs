@@ -189,3 +189,65 @@ fn long_run_fast_equals_reference() {
         n - 64
     );
 }
+
+/// A slot no token joins empties once its count would pass 1e-30 (no f32 denormals in a very
+/// long run), and a token joining an empty slot becomes its mean exactly; the next one moves
+/// the f16 means halfway.
+#[test]
+fn forgotten_slots_empty_and_join_cleanly() {
+    use super::summary::{forget, join};
+    use half::f16;
+    let (mut k, mut v) = (vec![f16::from_f32(3.0); 2], vec![f16::from_f32(-1.0); 2]);
+    let mut c = [5.0f32, 0.0];
+    let mut steps = 0;
+    while c[0] > 0.0 {
+        forget(&mut c, 1.0 - 1.0 / 2048.0);
+        assert!(
+            c[0] == 0.0 || c[0] >= 1e-30,
+            "count {} after {steps} steps",
+            c[0]
+        );
+        steps += 1;
+    }
+    assert!(
+        (140_000..150_000).contains(&steps),
+        "emptied after {steps} steps"
+    );
+    join(&mut k, &mut v, &mut c[0], &[1.5, -2.0], &[0.25, 7.0], 1);
+    let f = |m: &[f16]| m.iter().map(|x| x.to_f32()).collect::<Vec<_>>();
+    assert_eq!(
+        (c[0], f(&k), f(&v)),
+        (1.0, vec![1.5, -2.0], vec![0.25, 7.0])
+    );
+    join(&mut k, &mut v, &mut c[0], &[3.5, 0.0], &[0.75, 1.0], 2);
+    assert_eq!((c[0], f(&k), f(&v)), (2.0, vec![2.5, -1.0], vec![0.5, 4.0]));
+}
+
+/// Stochastic rounding keeps exact values, always lands on one of the two neighbouring f16
+/// values, and goes up as often as the remainder says (so a mean's small steps add up on
+/// average instead of vanishing), on both sides of zero and below the smallest subnormal.
+#[test]
+fn stochastic_rounding_is_unbiased() {
+    use super::summary::round_stochastic;
+    use half::f16;
+    let mut rng = crate::rng::Rng::new(7);
+    assert_eq!(round_stochastic(1.5, rng.next_u64()).to_f32(), 1.5);
+    let ulp = 1.0 / 1024.0;
+    let tiny = f16::from_bits(1).to_f32();
+    for (y, lo, hi) in [
+        (1.0 + 0.25 * ulp, 1.0, 1.0 + ulp),
+        (-(1.0 + 0.75 * ulp), -(1.0 + ulp), -1.0),
+        (0.3 * tiny, 0.0, tiny),
+        (-0.6 * tiny, -tiny, 0.0),
+    ] {
+        let n = 20_000;
+        let ups = (0..n)
+            .map(|_| round_stochastic(y, rng.next_u64()).to_f32())
+            .inspect(|&r| assert!(r == lo || r == hi, "{y} rounded to {r}"))
+            .filter(|&r| r == hi)
+            .count();
+        let want = (y - lo) / (hi - lo);
+        let got = ups as f32 / n as f32;
+        assert!((got - want).abs() < 0.015, "{y}: up {got}, expected {want}");
+    }
+}
