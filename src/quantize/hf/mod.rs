@@ -5,6 +5,7 @@
 //! tensor for tensor.
 
 mod arch;
+mod rope;
 mod safetensors;
 mod tokenizer;
 
@@ -29,6 +30,8 @@ enum Part {
     Plain { name: String, permute: Option<u64> },
     /// Per-expert tensors, stacked in expert order.
     Stacked { names: Vec<String> },
+    /// A tensor the converter computes (`rope_freqs.weight`): its f32 bytes.
+    Generated(Vec<u8>),
 }
 
 pub struct HfSource {
@@ -108,6 +111,17 @@ impl HfSource {
                 n_head_kv: n_head_kv as u32,
             },
         };
+        // The converter yields its computed tensors first.
+        if let Some(f) = rope::llama3_factors(&cfg, n_embd, arch.gguf == "llama")? {
+            src.tensors.push(SourceTensor {
+                name: "rope_freqs.weight".into(),
+                dims: vec![f.len() as u64],
+                ty: GgmlType::F32,
+            });
+            src.parts.push(Part::Generated(
+                f.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            ));
+        }
         src.map_tensors(arch, n_layer, n_expert, n_head, n_head_kv, ftype)?;
         src.metadata = hparams_metadata(dir, &cfg, arch, n_embd)?;
         if let Some(label) = size_label(&src.tensors) {
@@ -305,6 +319,10 @@ impl Source for HfSource {
                 };
                 Ok(TensorData { ty, bytes })
             }
+            Part::Generated(bytes) => Ok(TensorData {
+                ty: GgmlType::F32,
+                bytes: Cow::Borrowed(bytes),
+            }),
             Part::Stacked { names } => {
                 let t0 = &self.st.tensors[&names[0]];
                 let ty = t0.ggml_type(&names[0])?;
@@ -405,35 +423,10 @@ fn hparams_metadata(
     if let Some(n) = cfg_u64(cfg, &["num_key_value_heads"]) {
         put(format!("{a}.attention.head_count_kv"), u32v(n));
     }
-    let rope = cfg
-        .get("rope_parameters")
-        .filter(|r| r.is_object())
-        .or_else(|| cfg.get("rope_scaling").filter(|r| r.is_object()));
-    let rope_type = rope
-        .and_then(|r| r.get("rope_type").or_else(|| r.get("type")))
-        .and_then(Json::as_str);
-    match rope_type {
-        None | Some("default") => {}
-        Some("linear") => {
-            let factor = rope.and_then(|r| cfg_f64(r, &["factor"])).ok_or_else(|| {
-                Error::Invalid("config.json: linear RoPE scaling without a factor".into())
-            })?;
-            put(
-                format!("{a}.rope.scaling.type"),
-                Value::String("linear".into()),
-            );
-            put(
-                format!("{a}.rope.scaling.factor"),
-                Value::F32(factor as f32),
-            );
-        }
-        Some(other) => {
-            return Err(Error::Invalid(format!(
-                "config.json: RoPE scaling {other:?} is not supported yet (default and linear are)"
-            )))
-        }
+    for (k, v) in rope::scaling_metadata(cfg, a, a == "llama")? {
+        put(k, v);
     }
-    let theta = rope
+    let theta = rope::params(cfg)
         .and_then(|r| cfg_f64(r, &["rope_theta"]))
         .or_else(|| cfg_f64(cfg, &["rope_theta"]));
     if let Some(t) = theta {
