@@ -20,7 +20,12 @@ fn scratch(name: &str) -> PathBuf {
 }
 
 fn convert(input: &Path, ftype: &str) -> PathBuf {
-    let out = scratch(&format!("hf-{ftype}.gguf"));
+    convert_to(input, ftype, &format!("hf-{ftype}.gguf"))
+}
+
+/// `convert` into its own file name: tests run in parallel in one scratch folder.
+fn convert_to(input: &Path, ftype: &str, name: &str) -> PathBuf {
+    let out = scratch(name);
     let r = dsrun(&[
         "quantize",
         "-q",
@@ -161,7 +166,7 @@ fn rope_scaling_from_config_json() {
     let llama3 = r#"{"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                      "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}"#;
     let dir = tiny_llama_folder("llama3", llama3);
-    let out = convert(&dir, "F16");
+    let out = convert_to(&dir, "F16", "llama3-F16.gguf");
     let f = GgufFile::open(&out).unwrap();
     let t = f
         .tensor("rope_freqs.weight")
@@ -208,7 +213,7 @@ fn rope_scaling_from_config_json() {
     // YaRN: keys, as the converter writes them.
     let yarn = r#"{"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 4096,
                    "beta_fast": 16.0}"#;
-    let out = convert(&tiny_llama_folder("yarn", yarn), "F16");
+    let out = convert_to(&tiny_llama_folder("yarn", yarn), "F16", "yarn-F16.gguf");
     let f = GgufFile::open(&out).unwrap();
     for (k, v) in [
         ("llama.rope.scaling.type", Value::String("yarn".into())),
