@@ -128,7 +128,7 @@ pub(crate) fn attend(kv: &mut KvCache, il: usize, inp: &StreamInput, out: &mut [
                 if let Some(b) = rot_v {
                     hadamard_blocks(&mut val, b);
                 }
-                // Slots are chosen by the pre-RoPE key; they sum it, or the key after RoPE.
+                // Slots are chosen by the pre-RoPE key; they average it, or the key after RoPE.
                 let abs_key = (sc.keys == SlotKeys::TruePos).then(|| key.clone());
                 forget(&mut st.count, sc.decay());
                 unrope(inp.rope, &mut key, hd, j);
