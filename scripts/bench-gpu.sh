@@ -13,7 +13,8 @@
 # measures ppPP and tgTG with `dsrun bench --device gpu` (and, for the tiny MoE, with --cpu-moe
 # with and without --moe-gpu-cache 4, whose line gives the cache's hit rate), which prints the copy bandwidth of the device, the bytes a
 # decoded token reads and the roofline (bandwidth ÷ bytes) beside each generation figure, and
-# the same tests on the CPU for the ratio. Qwen2.5-Coder-1.5B Q4_K_M (1.1 GB) is measured too
+# the same tests on the CPU for the ratio, and ppPP once more by the per-token matrix products
+# (DSRUN_GPU_TILED=0) beside the tiled prefill ones. Qwen2.5-Coder-1.5B Q4_K_M (1.1 GB) is measured too
 # where the file is present (models/ here; it cannot travel to the device machine, whose
 # transfer limit is 64 MiB). Results go to stdout and, where $OUT is set, to $OUT/bench-gpu.md.
 #
@@ -127,6 +128,12 @@ run() {
                     fail=1
                 fi
             done
+            # Prefill by the per-token products instead of the tiled ones, for the ratio.
+            echo "- $name: pp$pp with DSRUN_GPU_TILED=0 (the per-token matrix products):"
+            if ! DSRUN_GPU_TILED=0 "$bin" bench -m "$m" -p "$pp" -n 0 -r "$reps" --device gpu; then
+                echo "- $name: dsrun bench DSRUN_GPU_TILED=0 FAILED"
+                fail=1
+            fi
         done
         exit "$fail"
     } 2>&1 | tee "$report"

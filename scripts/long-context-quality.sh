@@ -13,7 +13,9 @@
 #   SETTINGS  names from the table below (default: all)
 # Environment: MODEL, TEXT, CHUNKS (1), W (window, 512), S (sinks, 4), M (summary slots, 64),
 #   DEPTHS ("0.1 0.5 0.9"; "" skips the passkey test), THREADS, CALIB (calibration text), OUT (results, appended),
-#   SUMFLAGS (extra flags of the setting summary-custom, e.g. "--kv-summary-log-weight 0.5").
+#   SUMFLAGS (extra flags of the setting summary-custom, e.g. "--kv-summary-log-weight 0.5"),
+#   PPL (1; 0 skips perplexity, for passkey-only runs), BIN (a dsrun binary to use instead of
+#   building target/release/dsrun: a copy keeps long runs apart from rebuilds).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CTXS=${1:-"4096 16384 32768"}
@@ -26,8 +28,8 @@ DEPTHS=${DEPTHS-"0.1 0.5 0.9"}
 THREADS=${THREADS:-2}
 DIR=target/long-context; mkdir -p "$DIR"
 OUT=${OUT:-$DIR/quality.txt}
-BIN=./target/release/dsrun
-cargo build --release -q
+PPL=${PPL:-1}
+if [ -z "${BIN:-}" ]; then BIN=./target/release/dsrun; cargo build --release -q; fi
 SUM="$DIR/$(basename "$MODEL" .gguf)-kvsum$M.gguf"
 [ -f "$SUM" ] || $BIN calibrate -m "$MODEL" -f "$CALIB" -c 2048 --chunks 4 --kv-summary "$M" \
   -t "$THREADS" -o "$SUM" >&2
@@ -73,8 +75,9 @@ echo "# $(date -u +%F) $(nproc) cores, model $MODEL, text $(basename "$TEXT"), $
 for c in $CTXS; do
   for name in $SETTINGS; do
     IFS='|' read -r m flags <<< "${SET[$name]}"
+    ppl="not run"
     # shellcheck disable=SC2086
-    ppl=$($BIN perplexity -m "$m" -f "$TEXT" -c "$c" --chunks "$CHUNKS" -t "$THREADS" $flags \
+    [ "$PPL" = 0 ] || ppl=$($BIN perplexity -m "$m" -f "$TEXT" -c "$c" --chunks "$CHUNKS" -t "$THREADS" $flags \
             2> "$DIR/ppl-$name-$c.log" | grep -o 'PPL = [0-9.]*' | tail -1 || true)
     found=0; tried=0; got=""
     for d in $DEPTHS; do
@@ -83,6 +86,7 @@ for c in $CTXS; do
       ans=$(passkey_prompt $((c - 64)) "$key" "$d" | $BIN run -m "$m" -c $((c + 64)) -n 8 --temp 0 \
               -t "$THREADS" -q $flags 2> /dev/null || true)
       tried=$((tried + 1))
+      printf 'depth %s key %s answer: %s\n' "$d" "$key" "$(tr '\n' ' ' <<< "$ans")" >> "$DIR/passkey-$name-$c.log"
       if [[ "$ans" == *"$key"* ]]; then found=$((found + 1)); got+=" $d:yes"; else got+=" $d:no"; fi
     done
     kv=$(grep -o 'KV cache: .*' "$DIR/ppl-$name-$c.log" | head -1 | sed 's/.*, \([0-9.]* MiB\) .*/\1/' || true)

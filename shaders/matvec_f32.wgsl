@@ -11,3 +11,9 @@ fn block_dot(blk: u32, x_base: u32) -> f32 {
     }
     return s;
 }
+
+// Values 4g .. 4g + 3 of block blk (the tiled product's read).
+fn dequant4(blk: u32, g: u32) -> vec4<f32> {
+    let i = blk * BLOCK + 4u * g;
+    return vec4<f32>(w[i], w[i + 1u], w[i + 2u], w[i + 3u]);
+}

@@ -21,3 +21,10 @@ fn block_dot(blk: u32, x_base: u32) -> f32 {
     }
     return d[2u * blk] * s + d[2u * blk + 1u] * sx;
 }
+
+// Values 4g .. 4g + 3 of block blk (the tiled product's read): low nibbles for g < 4.
+fn dequant4(blk: u32, g: u32) -> vec4<f32> {
+    let bytes = unpack4xU8(qs[blk * 4u + g % 4u]);
+    let q = select(bytes & vec4<u32>(15u), bytes >> vec4<u32>(4u), g >= 4u);
+    return d[2u * blk] * vec4<f32>(q) + vec4<f32>(d[2u * blk + 1u]);
+}

@@ -49,3 +49,15 @@ fn block_dot(blk: u32, x_base: u32) -> f32 {
     }
     return s;
 }
+
+// Values 4g .. 4g + 3 of block blk (the tiled product's read): in each 64 values, the first 32
+// are the low nibbles of 8 words (sub-block 2j), the next 32 their high nibbles (2j + 1).
+fn dequant4(blk: u32, g: u32) -> vec4<f32> {
+    let base = blk * WORDS;
+    let j = g / 16u;
+    let hi = (g % 16u) >= 8u;
+    let sm = scale_min(base, 2u * j + u32(hi));
+    let bytes = unpack4xU8(qs[base + 3u + 8u * j + g % 8u]);
+    let q = select(bytes & vec4<u32>(15u), bytes >> vec4<u32>(4u), hi);
+    return d[2u * blk] * sm.x * vec4<f32>(q) - vec4<f32>(d[2u * blk + 1u] * sm.y);
+}

@@ -41,3 +41,17 @@ fn block_dot(blk: u32, x_base: u32) -> f32 {
     }
     return d[blk] * s;
 }
+
+// Values 4g .. 4g + 3 of block blk (the tiled product's read): in each half of 128 values,
+// quarter r takes ql bytes l (r even) or l + 32 (r odd), low nibbles for r < 2, and qh bits 2r.
+fn dequant4(blk: u32, g: u32) -> vec4<f32> {
+    let base = blk * WORDS;
+    let n = g / 32u;
+    let r = (g % 32u) / 8u;
+    let l = 4u * (g % 8u);
+    let ql = unpack4xU8(qs[base + (64u * n + l + 32u * (r % 2u)) / 4u]);
+    let qh = unpack4xU8(qs[base + (128u + 32u * n + l) / 4u]);
+    let lo = select(ql & vec4<u32>(15u), ql >> vec4<u32>(4u), r >= 2u);
+    let q = vec4<i32>(lo | (((qh >> vec4<u32>(2u * r)) & vec4<u32>(3u)) << vec4<u32>(4u)));
+    return d[blk] * scale(base, 8u * n + l / 16u + 2u * r) * vec4<f32>(q - vec4<i32>(32));
+}

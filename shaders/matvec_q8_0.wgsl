@@ -14,3 +14,8 @@ fn block_dot(blk: u32, x_base: u32) -> f32 {
     }
     return d[blk] * s;
 }
+
+// Values 4g .. 4g + 3 of block blk (the tiled product's read).
+fn dequant4(blk: u32, g: u32) -> vec4<f32> {
+    return d[blk] * vec4<f32>(unpack4xI8(qs[blk * 8u + g]));
+}

@@ -4,6 +4,11 @@
 // of the logits then a softmax over the k; then (norm) divided by their sum (clamped below at
 // f16's smallest normal, as ggml does), then multiplied by `scale`. The scores live in workgroup
 // memory; top-k is k rounds of a workgroup arg-max.
+//
+// `group` (one workgroup, for a batch of several tokens): the batch's (token, slot) pairs
+// grouped by expert, a counting sort: order[offsets[e] .. offsets[e + 1]] are the pairs (token
+// * k + slot) whose expert is e, for matvec.wgsl's `main_ids_tiled`. Within an expert the order
+// is whatever the atomics give; each pair's product does not depend on it.
 
 struct Params {
     n_expert: u32,
@@ -28,6 +33,16 @@ var<workgroup> taken: array<u32, MAX_EXPERTS>;
 var<workgroup> red_v: array<f32, WG>;
 var<workgroup> red_i: array<u32, WG>;
 var<workgroup> chosen: array<f32, MAX_K>;
+var<workgroup> counts: array<atomic<u32>, MAX_EXPERTS>;
+
+struct Step {
+    n_tok: u32,
+    pos0: u32,
+}
+
+@group(0) @binding(4) var<storage, read_write> order: array<u32>;
+@group(0) @binding(5) var<storage, read_write> offsets: array<u32>;
+@group(0) @binding(6) var<uniform> step: Step;
 
 struct Best {
     v: f32,
@@ -156,5 +171,34 @@ fn route(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) li
             v *= params.scale;
         }
         weights[t * k + j] = v;
+    }
+}
+
+@compute @workgroup_size(64)
+fn group(@builtin(local_invocation_id) lid3: vec3<u32>) {
+    let lid = lid3.x;
+    let n_pairs = step.n_tok * params.k;
+    for (var e = lid; e < params.n_expert; e += WG) {
+        atomicStore(&counts[e], 0u);
+    }
+    workgroupBarrier();
+    for (var z = lid; z < n_pairs; z += WG) {
+        atomicAdd(&counts[ids[z]], 1u);
+    }
+    workgroupBarrier();
+    // Each expert's count becomes its first place (and the cursor of the scatter below).
+    if (lid == 0u) {
+        var at = 0u;
+        for (var e = 0u; e < params.n_expert; e++) {
+            let c = atomicLoad(&counts[e]);
+            offsets[e] = at;
+            atomicStore(&counts[e], at);
+            at += c;
+        }
+        offsets[params.n_expert] = at;
+    }
+    workgroupBarrier();
+    for (var z = lid; z < n_pairs; z += WG) {
+        order[atomicAdd(&counts[ids[z]], 1u)] = z;
     }
 }

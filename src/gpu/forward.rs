@@ -146,6 +146,8 @@ impl GpuSession {
             dm: z("expert outputs", b * k * e)?,
             rl: z("router logits", b * hp.n_expert.max(1) as u64)?,
             ids: z("expert ids", b * k)?,
+            order: z("pairs by expert", b * k)?,
+            offsets: z("expert offsets", hp.n_expert.max(1) as u64 + 1)?,
             wts: z("expert weights", b * k)?,
             cids: z("expert cache slots", b * k)?,
             cwts: z("expert cache weights", b * k)?,
@@ -177,6 +179,7 @@ impl GpuSession {
             a: &a,
             xq_holds: Default::default(),
             f32_acts: std::env::var("DSRUN_REFERENCE").is_ok_and(|v| v == "1"),
+            tiled: std::env::var("DSRUN_GPU_TILED").map_or(true, |v| v != "0"),
         };
         let mut segments = vec![Segment::default()];
         for (l, kv) in model.w.layers.iter().zip(&kv) {
@@ -194,7 +197,7 @@ impl GpuSession {
         }
         bld.mv(
             &mut tail_last,
-            out.dispatches(&ctx, xs, &a.logits, false)?,
+            out.dispatches(&ctx, xs, &a.logits, false, None)?,
             1,
             Some(1),
         );
@@ -226,7 +229,9 @@ impl GpuSession {
                     pass.set_pipeline(&d.pipeline);
                     pass.set_bind_group(0, &d.bind, &[]);
                     let (x, y, z) = d.groups.at(n_tok);
-                    pass.dispatch_workgroups(x, y, z);
+                    if x * y * z > 0 {
+                        pass.dispatch_workgroups(x, y, z);
+                    }
                 }
                 ctx.queue.submit([e.finish()]);
                 let _ = ctx.device.poll(wgpu::PollType::wait_indefinitely());
@@ -240,7 +245,9 @@ impl GpuSession {
             pass.set_pipeline(&d.pipeline);
             pass.set_bind_group(0, &d.bind, &[]);
             let (x, y, z) = d.groups.at(n_tok);
-            pass.dispatch_workgroups(x, y, z);
+            if x * y * z > 0 {
+                pass.dispatch_workgroups(x, y, z);
+            }
         }
     }
 

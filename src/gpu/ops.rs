@@ -15,6 +15,9 @@ use crate::tensor::GgmlType;
 /// Workgroups along one dispatch dimension: WebGPU guarantees 65535.
 pub(crate) const MAX_GROUPS: u32 = 65535;
 
+/// Tokens per workgroup of the tiled (prefill) matrix product, `TILE` in `matvec.wgsl`.
+pub(crate) const TILE: u32 = 8;
+
 /// A weight matrix on the device, its blocks split into aligned segments ([`repack`]): `d` (the
 /// f32 scales; for F32 the values themselves) and `qs` (the quant bytes as u32 words). A matrix
 /// larger than one storage binding is held as several parts of whole rows.
@@ -99,18 +102,24 @@ impl GpuMatrix {
         Ok(())
     }
 
-    /// `y[t][r] (+)= W[r] · x[t]`, one dispatch per part; rows of y are `n_rows` apart.
+    /// `y[t][r] (+)= W[r] · x[t]`, one dispatch per part; rows of y are `n_rows` apart. One
+    /// workgroup per (row, token), or with `tiled` (the batch's `step` uniform) per (row, tile
+    /// of [`TILE`] tokens), reading each weight once for the tile (prefill).
     pub fn dispatches(
         &self,
         ctx: &GpuContext,
         x: &wgpu::Buffer,
         y: &wgpu::Buffer,
         accumulate: bool,
+        tiled: Option<&wgpu::Buffer>,
     ) -> Result<Vec<MatvecDispatch>> {
         let (sg, source) =
             shaders::matvec_variant(self.ty, ctx.subgroups()).expect("checked at upload");
-        let name = format!("matvec_{}{sg}", self.ty.name());
-        let pipeline = ctx.pipeline(&name, &source, "main")?;
+        let (name, entry) = match tiled {
+            Some(_) => (format!("matmat_{}{sg}", self.ty.name()), "main_tiled"),
+            None => (format!("matvec_{}{sg}", self.ty.name()), "main"),
+        };
+        let pipeline = ctx.pipeline(&name, &source, entry)?;
         self.parts
             .iter()
             .map(|p| {
@@ -131,6 +140,9 @@ impl GpuMatrix {
                     bufs.push((1, q));
                 }
                 bufs.extend([(2, x), (3, y), (4, &params)]);
+                if let Some(step) = tiled {
+                    bufs.push((6, step));
+                }
                 Ok(MatvecDispatch {
                     name: name.clone(),
                     bind: ctx.bind(&pipeline, &bufs),
@@ -152,6 +164,35 @@ impl GpuMatrix {
         rows_per_expert: usize,
         x_div: usize,
     ) -> Result<MatvecDispatch> {
+        self.experts_dispatch(ctx, (x, y), &[(5, ids)], rows_per_expert, x_div)
+    }
+
+    /// [`GpuMatrix::dispatch_ids`] for a batch, tiled: one workgroup per (row, expert) over the
+    /// expert's pairs `order[offsets[e]..offsets[e + 1]]` (`group` in `moe.wgsl`), [`TILE`] at
+    /// a time; z is the number of experts.
+    pub fn dispatch_ids_tiled(
+        &self,
+        ctx: &GpuContext,
+        x: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        (order, offsets): (&wgpu::Buffer, &wgpu::Buffer),
+        rows_per_expert: usize,
+        x_div: usize,
+    ) -> Result<MatvecDispatch> {
+        let pairs = [(7, order), (8, offsets)];
+        self.experts_dispatch(ctx, (x, y), &pairs, rows_per_expert, x_div)
+    }
+
+    /// The expert products with `pairs`: `ids` at binding 5 (per pair), or `order` and
+    /// `offsets` at 7 and 8 (tiled).
+    fn experts_dispatch(
+        &self,
+        ctx: &GpuContext,
+        (x, y): (&wgpu::Buffer, &wgpu::Buffer),
+        pairs: &[(u32, &wgpu::Buffer)],
+        rows_per_expert: usize,
+        x_div: usize,
+    ) -> Result<MatvecDispatch> {
         let [p] = &self.parts[..] else {
             return Err(Error::Invalid(format!(
                 "GPU: a stacked expert tensor of {} bytes spans several bindings",
@@ -160,8 +201,12 @@ impl GpuMatrix {
         };
         let (sg, source) =
             shaders::matvec_variant(self.ty, ctx.subgroups()).expect("checked at upload");
-        let name = format!("matvec_ids_{}{sg}", self.ty.name());
-        let pipeline = ctx.pipeline(&name, &source, "main_ids")?;
+        let (kind, entry) = match pairs.len() {
+            1 => ("matvec_ids", "main_ids"),
+            _ => ("matmat_ids", "main_ids_tiled"),
+        };
+        let name = format!("{kind}_{}{sg}", self.ty.name());
+        let pipeline = ctx.pipeline(&name, &source, entry)?;
         let rows = u32s(rows_per_expert, "rows")?;
         let rows_per_y = rows.clamp(1, MAX_GROUPS);
         let params = ctx.uniform(&MatvecParams {
@@ -178,7 +223,8 @@ impl GpuMatrix {
         if let Some(q) = &p.qs {
             bufs.push((1, q));
         }
-        bufs.extend([(2, x), (3, y), (4, &params), (5, ids)]);
+        bufs.extend([(2, x), (3, y), (4, &params)]);
+        bufs.extend_from_slice(pairs);
         Ok(MatvecDispatch {
             name,
             bind: ctx.bind(&pipeline, &bufs),
@@ -407,8 +453,17 @@ impl<'c> GpuOps<'c> {
     }
 
     /// `out[t][r] = W[r] · x[t]`: `x` is (n_tok, n_cols), the result (n_tok, n_rows); the same
-    /// contract as [`crate::kernels::matmul::matmul`].
+    /// contract as [`crate::kernels::matmul::matmul`]. One workgroup per (row, token).
     pub fn matmul(&self, w: &GpuMatrix, x: &[f32], n_tok: usize) -> Result<Vec<f32>> {
+        self.matmul_with(w, x, n_tok, false)
+    }
+
+    /// [`GpuOps::matmul`] by the tiled (prefill) kernel: one workgroup per (row, [`TILE`] tokens).
+    pub fn matmul_tiled(&self, w: &GpuMatrix, x: &[f32], n_tok: usize) -> Result<Vec<f32>> {
+        self.matmul_with(w, x, n_tok, true)
+    }
+
+    fn matmul_with(&self, w: &GpuMatrix, x: &[f32], n_tok: usize, tiled: bool) -> Result<Vec<f32>> {
         if x.len() != n_tok * w.n_cols {
             return Err(Error::Invalid(format!(
                 "GPU matmul: {} activations for {n_tok} tokens of {}",
@@ -424,10 +479,16 @@ impl<'c> GpuOps<'c> {
         }
         let xb = self.ctx.storage("x", bytemuck::cast_slice(x))?;
         let yb = self.ctx.zeroed("y", (n_tok * w.n_rows * 4) as u64)?;
-        let ds = w.dispatches(self.ctx, &xb, &yb, false)?;
+        let step = self.ctx.uniform(&StepUniform {
+            n_tok: tok,
+            pos0: 0,
+            _pad: [0; 2],
+        });
+        let ds = w.dispatches(self.ctx, &xb, &yb, false, tiled.then_some(&step))?;
+        let z = if tiled { tok.div_ceil(TILE) } else { tok };
         let work: Vec<_> = ds
             .iter()
-            .map(|d| (&d.pipeline, &d.bind, (d.groups_xy.0, d.groups_xy.1, tok)))
+            .map(|d| (&d.pipeline, &d.bind, (d.groups_xy.0, d.groups_xy.1, z)))
             .collect();
         self.dispatch_all(&work)?;
         self.read(&yb, n_tok * w.n_rows)

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use bytemuck::{Pod, Zeroable};
 
 use super::ops::{
-    rope_factors, u32s, GpuMatrix, MatvecDispatch, NormParams, RopeUniform, MAX_GROUPS,
+    rope_factors, u32s, GpuMatrix, MatvecDispatch, NormParams, RopeUniform, MAX_GROUPS, TILE,
 };
 use super::shaders;
 use super::weights::{GpuFfn, GpuLayer};
@@ -60,6 +60,15 @@ pub(super) enum Groups {
         z_per_tok: u32,
         fixed_z: Option<u32>,
     },
+    /// A matrix product for one token only (z workgroups: 1, or its experts): nothing in a
+    /// batch of several, which [`Groups::Tiled`] or [`Groups::Batch`] takes.
+    MatvecOne { xy: (u32, u32), z: u32 },
+    /// The tiled matrix product of a batch: rows over x and y, a tile of [`TILE`] tokens per z;
+    /// nothing for one token.
+    Tiled { xy: (u32, u32) },
+    /// A fixed grid for a batch of several tokens, nothing for one (the expert grouping and the
+    /// tiled expert products, z over the experts).
+    Batch(u32, u32, u32),
     /// One workgroup per row, `per_tok` rows per token.
     Rows(u32),
     /// One invocation per element, `per_tok` elements per token, 64 to a workgroup.
@@ -80,6 +89,15 @@ impl Groups {
                 z_per_tok,
                 fixed_z,
             } => (xy.0, xy.1, fixed_z.unwrap_or(n_tok * z_per_tok)),
+            Groups::MatvecOne { xy, z } => (xy.0, xy.1, if n_tok == 1 { z } else { 0 }),
+            Groups::Tiled { xy } => (xy.0, xy.1, if n_tok > 1 { n_tok.div_ceil(TILE) } else { 0 }),
+            Groups::Batch(x, y, z) => {
+                if n_tok > 1 {
+                    (x, y, z)
+                } else {
+                    (0, 0, 0)
+                }
+            }
             Groups::Rows(r) => (n_tok * r, 1, 1),
             Groups::Elements(e) => {
                 let g = (n_tok * e).div_ceil(64).max(1);
@@ -126,6 +144,8 @@ pub(super) struct Acts {
     pub dm: wgpu::Buffer,      // (B * k, n_embd) expert outputs
     pub rl: wgpu::Buffer,      // (B, n_expert) router logits
     pub ids: wgpu::Buffer,     // (B * k) u32
+    pub order: wgpu::Buffer,   // (B * k) u32, the pairs grouped by expert
+    pub offsets: wgpu::Buffer, // (max(n_expert, cache slots) + 1) u32, each expert's first pair
     pub wts: wgpu::Buffer,     // (B * k)
     pub cids: wgpu::Buffer,    // (B * k) u32, expert cache slots
     pub cwts: wgpu::Buffer,    // (B * k), 0 where the expert is not cached
@@ -147,6 +167,9 @@ pub(super) struct Builder<'a> {
     pub xq_holds: std::cell::Cell<Option<(*const wgpu::Buffer, &'static str)>>,
     /// `DSRUN_REFERENCE=1`: f32 activations, as the CPU's reference products take them.
     pub f32_acts: bool,
+    /// Batches of several tokens take the tiled matrix product (`DSRUN_GPU_TILED=0`: the
+    /// per-token one, for comparison).
+    pub tiled: bool,
 }
 
 impl Builder<'_> {
@@ -239,8 +262,37 @@ impl Builder<'_> {
         accumulate: bool,
     ) -> Result<()> {
         let xs = self.acts(out, m.ty, x, m.n_cols)?;
-        let ds = m.dispatches(self.ctx, xs, y, accumulate)?;
-        self.mv(out, ds, 1, None);
+        let ds = m.dispatches(self.ctx, xs, y, accumulate, None)?;
+        if !self.tiled {
+            self.mv(out, ds, 1, None);
+            return Ok(());
+        }
+        // One token: the per-token product; a batch: the tiled one. Both are recorded, the
+        // batch's size picks at replay.
+        let ts = m.dispatches(self.ctx, xs, y, accumulate, Some(&self.a.step))?;
+        for (groups, d) in ds
+            .into_iter()
+            .map(|d| {
+                (
+                    Groups::MatvecOne {
+                        xy: d.groups_xy,
+                        z: 1,
+                    },
+                    d,
+                )
+            })
+            .chain(
+                ts.into_iter()
+                    .map(|d| (Groups::Tiled { xy: d.groups_xy }, d)),
+            )
+        {
+            out.push(Dispatch {
+                name: d.name,
+                pipeline: d.pipeline,
+                bind: d.bind,
+                groups,
+            });
+        }
         Ok(())
     }
 
@@ -257,7 +309,34 @@ impl Builder<'_> {
         let per_tok = m.n_cols * k / x_div;
         let xs = self.acts(out, m.ty, x, per_tok)?;
         let d = m.dispatch_ids(self.ctx, xs, y, ids, rows, x_div)?;
-        self.mv(out, vec![d], u32s(k, "experts per token")?, None);
+        let k = u32s(k, "experts per token")?;
+        if !self.tiled {
+            self.mv(out, vec![d], k, None);
+            return Ok(());
+        }
+        // One token: a workgroup per (row, slot); a batch: per (row, expert), over the pairs
+        // that `group` (recorded by `experts`) put in order.
+        let xy = d.groups_xy;
+        let n = u32s(m.n_rows / rows, "experts")?;
+        let t = m.dispatch_ids_tiled(
+            self.ctx,
+            xs,
+            y,
+            (&self.a.order, &self.a.offsets),
+            rows,
+            x_div,
+        )?;
+        for (d, groups) in [
+            (d, Groups::MatvecOne { xy, z: k }),
+            (t, Groups::Batch(xy.0, xy.1, n)),
+        ] {
+            out.push(Dispatch {
+                name: d.name,
+                pipeline: d.pipeline,
+                bind: d.bind,
+                groups,
+            });
+        }
         Ok(())
     }
 
@@ -331,6 +410,29 @@ impl Builder<'_> {
         wts: &wgpu::Buffer,
     ) -> Result<()> {
         let (a, k, e) = (self.a, self.hp.n_expert_used, self.hp.n_embd);
+        if self.tiled {
+            // A batch's pairs grouped by expert (or cache slot), for the tiled products.
+            let params = self.ctx.uniform(&RouteParams {
+                n_expert: u32s(gate.n_rows / n_ff, "experts")?,
+                k: u32s(k, "experts per token")?,
+                gating: 0,
+                norm: 0,
+                scale: 0.0,
+                _pad: [0; 3],
+            });
+            let p = self.pipe("moe_group", shaders::MOE, "group")?;
+            let bufs = [
+                (1, ids),
+                (3, &params),
+                (4, &a.order),
+                (5, &a.offsets),
+                (6, &a.step),
+            ];
+            // It leaves the rounded activations as they were.
+            let held = self.xq_holds.get();
+            w.push(self.d(p, &bufs, Groups::Batch(1, 1, 1)));
+            self.xq_holds.set(held);
+        }
         self.mm_ids(w, gate, &a.h, &a.g, (n_ff, k, k), ids)?;
         self.mm_ids(w, up, &a.h, &a.u, (n_ff, k, k), ids)?;
         w.push(self.ew("glu", &a.g, &a.u, k * n_ff, 1)?);

@@ -109,6 +109,12 @@ pub fn all_modules() -> Vec<(String, String, &'static str)> {
     ));
     v.push(("elementwise".into(), ELEMENTWISE.into(), "glu"));
     v.push(("moe".into(), MOE.into(), "route"));
+    v.push(("moe_group".into(), MOE.into(), "group"));
+    for (t, _) in MATVEC_TYPES {
+        let source = matvec_source(*t).unwrap();
+        v.push((format!("matmat_{}", t.name()), source.clone(), "main_tiled"));
+        v.push((format!("matmat_ids_{}", t.name()), source, "main_ids_tiled"));
+    }
     v.push(("quantize".into(), QUANTIZE.into(), "q8_k"));
     v
 }

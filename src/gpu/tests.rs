@@ -174,6 +174,20 @@ fn matmul_subgroup_variant_and_fallback_match_cpu() {
             assert!(e < NMSE, "{} subgroups {sg}: nmse {e}", ty.name());
             let key = format!("matvec_{}{}", ty.name(), if sg { "_sg" } else { "" });
             assert!(ctx.pipelines.lock().unwrap().contains_key(&key), "{key}");
+            // The tiled (prefill) product: whole tiles of 8 tokens, partial ones, one token.
+            for n_tok in [1, 2, 8, 9, 19] {
+                let x = rng.vec(n_tok * n_cols, 1.0);
+                let mut cpu = vec![0f32; n_tok * n_rows];
+                matmul(&view("w", ty, n_rows, n_cols, &bytes), &x, n_tok, &mut cpu);
+                let e = nmse(&ops.matmul_tiled(&m, &x, n_tok).unwrap(), &cpu);
+                assert!(
+                    e < NMSE,
+                    "tiled {} subgroups {sg}, {n_tok} tokens: nmse {e}",
+                    ty.name()
+                );
+            }
+            let key = format!("matmat_{}{}", ty.name(), if sg { "_sg" } else { "" });
+            assert!(ctx.pipelines.lock().unwrap().contains_key(&key), "{key}");
         }
     }
 }
@@ -183,19 +197,20 @@ fn matmul_spans_more_rows_than_one_dispatch_dimension() {
     let Some(ctx) = ctx() else { return };
     let ops = GpuOps::new(ctx);
     let mut rng = Rng::new(7);
-    let (n_rows, n_cols) = (70_000, 32);
+    let (n_rows, n_cols, n_tok) = (70_000, 32, 3);
     let w = rng.vec(n_rows * n_cols, 1.0);
     let mut bytes = vec![0u8; 34 * n_rows];
     quantize(GgmlType::Q8_0, &w, &mut bytes).unwrap();
-    let x = rng.vec(n_cols, 1.0);
+    let x = rng.vec(n_tok * n_cols, 1.0);
     let view = view("w", GgmlType::Q8_0, n_rows, n_cols, &bytes);
-    let mut cpu = vec![0f32; n_rows];
-    matmul(&view, &x, 1, &mut cpu);
+    let mut cpu = vec![0f32; n_tok * n_rows];
+    matmul(&view, &x, n_tok, &mut cpu);
     let m = ops
         .upload_matrix(GgmlType::Q8_0, n_rows, n_cols, &bytes)
         .unwrap();
-    let gpu = ops.matmul(&m, &x, 1).unwrap();
-    assert!(nmse(&gpu, &cpu) < NMSE);
+    assert!(nmse(&ops.matmul(&m, &x, n_tok).unwrap(), &cpu) < NMSE);
+    // The tiled product too (one partial tile).
+    assert!(nmse(&ops.matmul_tiled(&m, &x, n_tok).unwrap(), &cpu) < NMSE);
 }
 
 #[test]

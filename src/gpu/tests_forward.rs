@@ -320,6 +320,110 @@ fn elementwise_ops_match_cpu() {
     }
 }
 
+fn run_matvec(ctx: &GpuContext, d: &super::ops::MatvecDispatch, z: u32) {
+    let scope = ctx.device.push_error_scope(wgpu::ErrorFilter::Validation);
+    let mut enc = ctx.device.create_command_encoder(&Default::default());
+    {
+        let mut pass = enc.begin_compute_pass(&Default::default());
+        pass.set_pipeline(&d.pipeline);
+        pass.set_bind_group(0, &d.bind, &[]);
+        pass.dispatch_workgroups(d.groups_xy.0, d.groups_xy.1, z);
+    }
+    ctx.queue.submit([enc.finish()]);
+    assert!(pollster::block_on(scope.pop()).is_none(), "{}", d.name);
+}
+
+/// A batch's expert products, tiled: `group` sorts the (token, slot) pairs by expert (checked
+/// against a count on the host), then one workgroup per (row, expert) takes its pairs 8 at a
+/// time, for gate/up (x per token) and down (x per pair); experts with no pairs, one pair,
+/// and more than one tile's worth.
+#[test]
+fn tiled_expert_products_match_cpu() {
+    let Some(ctx) = ctx() else { return };
+    let ops = GpuOps::new(ctx);
+    let mut rng = Rng::new(23);
+    let k = 3;
+    for (ty, n_tok) in [
+        (GgmlType::Q8_0, 2),
+        (GgmlType::Q4K, 9),
+        (GgmlType::Q6K, 20),
+        (GgmlType::Mxfp4, 13),
+    ] {
+        let (n_expert, rows) = (7, 20 + rng.below(50));
+        let n_cols = 256 * (1 + rng.below(2));
+        let bytes = random_weights(&mut rng, ty, n_expert * rows, n_cols);
+        let m = ops
+            .upload_matrix(ty, n_expert * rows, n_cols, &bytes)
+            .unwrap();
+        // Expert 6 is never chosen; expert 0 takes most pairs.
+        let ids: Vec<u32> = (0..n_tok * k)
+            .map(|_| [0, 0, 0, 1, 2, 3, 4, 5][rng.below(8)])
+            .collect();
+        let idb = ctx.storage("ids", bytemuck::cast_slice(&ids)).unwrap();
+        let order = ctx.zeroed("order", (n_tok * k * 4) as u64).unwrap();
+        let offsets = ctx.zeroed("offsets", (n_expert + 1) as u64 * 4).unwrap();
+        let params = ctx.uniform(&RouteParams {
+            n_expert: n_expert as u32,
+            k: k as u32,
+            gating: 0,
+            norm: 0,
+            scale: 0.0,
+            _pad: [0; 3],
+        });
+        let st = step(ctx, n_tok, 0);
+        let bufs = [
+            (1, &idb),
+            (3, &params),
+            (4, &order),
+            (5, &offsets),
+            (6, &st),
+        ];
+        run(ctx, ("moe_group", shaders::MOE, "group"), &bufs, (1, 1, 1));
+        let offs = read_u32(ctx, &offsets, n_expert + 1);
+        let ord = read_u32(ctx, &order, n_tok * k);
+        let mut want = vec![0u32];
+        for e in 0..n_expert as u32 {
+            want.push(want[e as usize] + ids.iter().filter(|&&i| i == e).count() as u32);
+        }
+        assert_eq!(offs, want, "offsets");
+        let mut seen = ord.clone();
+        seen.sort_unstable();
+        assert_eq!(
+            seen,
+            (0..(n_tok * k) as u32).collect::<Vec<_>>(),
+            "a permutation"
+        );
+        for e in 0..n_expert {
+            for &z in &ord[offs[e] as usize..offs[e + 1] as usize] {
+                assert_eq!(ids[z as usize] as usize, e, "pair {z} under expert {e}");
+            }
+        }
+        let w = view("w", ty, n_expert * rows, n_cols, &bytes);
+        for x_div in [k, 1] {
+            let x = rng.vec(n_tok * k / x_div * n_cols, 1.0);
+            let xb = buf(ctx, &x);
+            let y = ctx.zeroed("y", (n_tok * k * rows * 4) as u64).unwrap();
+            let d = m
+                .dispatch_ids_tiled(ctx, &xb, &y, (&order, &offsets), rows, x_div)
+                .unwrap();
+            run_matvec(ctx, &d, n_expert as u32);
+            let gpu = read(ctx, &y, n_tok * k * rows);
+            let mut cpu = vec![0.0f32; n_tok * k * rows];
+            for z in 0..n_tok * k {
+                let (e, r) = (ids[z] as usize, z / x_div);
+                matmul(
+                    &w.rows(e * rows, rows),
+                    &x[r * n_cols..(r + 1) * n_cols],
+                    1,
+                    &mut cpu[z * rows..(z + 1) * rows],
+                );
+            }
+            let err = nmse(&gpu, &cpu);
+            assert!(err < NMSE, "{} x_div {x_div}: nmse {err}", ty.name());
+        }
+    }
+}
+
 #[test]
 fn expert_products_read_the_expert_from_a_buffer() {
     let Some(ctx) = ctx() else { return };
@@ -340,17 +444,7 @@ fn expert_products_read_the_expert_from_a_buffer() {
         );
         let y = ctx.zeroed("y", (n_tok * k * rows * 4) as u64).unwrap();
         let d = m.dispatch_ids(ctx, &xb, &y, &idb, rows, k).unwrap();
-        let p = d.pipeline.clone();
-        let scope = ctx.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let mut enc = ctx.device.create_command_encoder(&Default::default());
-        {
-            let mut pass = enc.begin_compute_pass(&Default::default());
-            pass.set_pipeline(&p);
-            pass.set_bind_group(0, &d.bind, &[]);
-            pass.dispatch_workgroups(d.groups_xy.0, d.groups_xy.1, (n_tok * k) as u32);
-        }
-        ctx.queue.submit([enc.finish()]);
-        assert!(pollster::block_on(scope.pop()).is_none());
+        run_matvec(ctx, &d, (n_tok * k) as u32);
         let gpu = read(ctx, &y, n_tok * k * rows);
         let w = view("w", ty, n_expert * rows, n_cols, &bytes);
         let mut cpu = vec![0.0f32; n_tok * k * rows];
