@@ -41,14 +41,21 @@ pub const LAYOUTS: &[Layout] = &[
             )
         },
     },
-    // Widened to f32 at upload (twice the memory; the F32 shader reads it).
+    // Kept as f16: the float segment carries each pair of values as one word, the bit patterns
+    // of two f16 (not an f32 value); matvec_f16.wgsl reads it as u32 and widens with
+    // unpack2x16float.
     Layout {
         ty: GgmlType::F16,
         block: 32,
         block_bytes: 64,
-        n_f: 32,
+        n_f: 16,
         n_words: 0,
-        split: |b, f, _| f.extend(b.chunks_exact(2).map(|c| h(c, 0))),
+        split: |b, f, _| {
+            f.extend(
+                b.chunks_exact(4)
+                    .map(|c| f32::from_bits(u32::from_le_bytes([c[0], c[1], c[2], c[3]]))),
+            )
+        },
     },
     Layout {
         ty: GgmlType::Q8_0,

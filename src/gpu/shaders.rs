@@ -6,6 +6,7 @@ use crate::tensor::GgmlType;
 
 pub const MATVEC: &str = include_str!("../../shaders/matvec.wgsl");
 pub const MATVEC_F32: &str = include_str!("../../shaders/matvec_f32.wgsl");
+pub const MATVEC_F16: &str = include_str!("../../shaders/matvec_f16.wgsl");
 pub const MATVEC_Q8_0: &str = include_str!("../../shaders/matvec_q8_0.wgsl");
 pub const MATVEC_Q4_0: &str = include_str!("../../shaders/matvec_q4_0.wgsl");
 pub const MATVEC_Q4_1: &str = include_str!("../../shaders/matvec_q4_1.wgsl");
@@ -27,7 +28,7 @@ const ATTENTION_KQ_F16: &str = include_str!("../../shaders/attention_kq_f16.wgsl
 /// Weight types with a GPU matrix product, and their type snippet.
 pub const MATVEC_TYPES: &[(GgmlType, &str)] = &[
     (GgmlType::F32, MATVEC_F32),
-    (GgmlType::F16, MATVEC_F32),
+    (GgmlType::F16, MATVEC_F16),
     (GgmlType::Q8_0, MATVEC_Q8_0),
     (GgmlType::Q4_0, MATVEC_Q4_0),
     (GgmlType::Q4_1, MATVEC_Q4_1),
