@@ -229,7 +229,7 @@ impl GpuSession {
                     pass.set_pipeline(&d.pipeline);
                     pass.set_bind_group(0, &d.bind, &[]);
                     let (x, y, z) = d.groups.at(n_tok);
-                    if x * y * z > 0 {
+                    if x > 0 && y > 0 && z > 0 {
                         pass.dispatch_workgroups(x, y, z);
                     }
                 }
@@ -245,7 +245,7 @@ impl GpuSession {
             pass.set_pipeline(&d.pipeline);
             pass.set_bind_group(0, &d.bind, &[]);
             let (x, y, z) = d.groups.at(n_tok);
-            if x * y * z > 0 {
+            if x > 0 && y > 0 && z > 0 {
                 pass.dispatch_workgroups(x, y, z);
             }
         }

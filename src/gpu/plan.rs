@@ -158,6 +158,16 @@ pub(super) struct Acts {
     pub staging: wgpu::Buffer,
 }
 
+/// A matrix product's dispatch, recorded with the grid it takes per batch.
+fn recorded(d: MatvecDispatch, groups: Groups) -> Dispatch {
+    Dispatch {
+        name: d.name,
+        pipeline: d.pipeline,
+        bind: d.bind,
+        groups,
+    }
+}
+
 /// Records dispatches over one context.
 pub(super) struct Builder<'a> {
     pub ctx: &'a GpuContext,
@@ -204,15 +214,16 @@ impl Builder<'_> {
         z_per_tok: u32,
         fixed_z: Option<u32>,
     ) {
-        out.extend(ds.into_iter().map(|d| Dispatch {
-            name: d.name,
-            pipeline: d.pipeline,
-            bind: d.bind,
-            groups: Groups::Matvec {
-                xy: d.groups_xy,
-                z_per_tok,
-                fixed_z,
-            },
+        out.extend(ds.into_iter().map(|d| {
+            let xy = d.groups_xy;
+            recorded(
+                d,
+                Groups::Matvec {
+                    xy,
+                    z_per_tok,
+                    fixed_z,
+                },
+            )
         }));
     }
 
@@ -270,28 +281,13 @@ impl Builder<'_> {
         // One token: the per-token product; a batch: the tiled one. Both are recorded, the
         // batch's size picks at replay.
         let ts = m.dispatches(self.ctx, xs, y, accumulate, Some(&self.a.step))?;
-        for (groups, d) in ds
-            .into_iter()
-            .map(|d| {
-                (
-                    Groups::MatvecOne {
-                        xy: d.groups_xy,
-                        z: 1,
-                    },
-                    d,
-                )
-            })
-            .chain(
-                ts.into_iter()
-                    .map(|d| (Groups::Tiled { xy: d.groups_xy }, d)),
-            )
-        {
-            out.push(Dispatch {
-                name: d.name,
-                pipeline: d.pipeline,
-                bind: d.bind,
-                groups,
-            });
+        for d in ds {
+            let xy = d.groups_xy;
+            out.push(recorded(d, Groups::MatvecOne { xy, z: 1 }));
+        }
+        for d in ts {
+            let xy = d.groups_xy;
+            out.push(recorded(d, Groups::Tiled { xy }));
         }
         Ok(())
     }
@@ -326,17 +322,8 @@ impl Builder<'_> {
             rows,
             x_div,
         )?;
-        for (d, groups) in [
-            (d, Groups::MatvecOne { xy, z: k }),
-            (t, Groups::Batch(xy.0, xy.1, n)),
-        ] {
-            out.push(Dispatch {
-                name: d.name,
-                pipeline: d.pipeline,
-                bind: d.bind,
-                groups,
-            });
-        }
+        out.push(recorded(d, Groups::MatvecOne { xy, z: k }));
+        out.push(recorded(t, Groups::Batch(xy.0, xy.1, n)));
         Ok(())
     }
 
