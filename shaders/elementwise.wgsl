@@ -1,5 +1,5 @@
 // Element-wise ops over the batch, one invocation per element; step.n_tok rows of `width`.
-// glu: a = silu(a) * b (SwiGLU). add_bias: a[i] += b[i % width]. add: a += b (a residual).
+// glu: a = silu(a) * b (SwiGLU). copy: a = b. add_bias: a[i] += b[i % width]. add: a += b (a residual).
 // moe_sum: a[t] += sum over the k slots s of w[t k + s] * b[t k + s] (rows of width), the
 // weighted sum of a token's expert outputs.
 
@@ -61,5 +61,13 @@ fn moe_sum(@builtin(global_invocation_id) gid: vec3<u32>) {
             s += w[z] * b[z * params.width + c];
         }
         a[i] += s;
+    }
+}
+
+@compute @workgroup_size(64)
+fn copy(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let i = index(gid);
+    if (i < step.n_tok * params.width) {
+        a[i] = b[i];
     }
 }

@@ -133,7 +133,7 @@ impl<'m, 'a> Session<'m, 'a> {
             tokens: Vec::new(),
             moe: MoeState::default(),
             gpu: match &model.gpu {
-                Some(g) => Some(GpuSession::new(g.clone(), hp, n_ctx, n_batch.max(1))?),
+                Some(g) => Some(GpuSession::new(g.clone(), hp, n_ctx, n_batch.max(1), None)?),
                 None => None,
             },
         })
@@ -153,17 +153,25 @@ impl<'m, 'a> Session<'m, 'a> {
                 "the GPU keeps its KV cache in f16 only: drop -ctk/-ctv or use --device cpu".into(),
             ));
         }
-        if self.gpu.is_some() && stream.is_some() {
-            return Err(Error::Invalid(
-                "the GPU keeps a full KV cache: drop --kv-window/--kv-summary or use --device cpu"
-                    .into(),
-            ));
-        }
         if stream.is_some() && hp.mla.is_some() {
             return Err(Error::Invalid(
                 "--kv-window is not supported for multi-head latent attention (deepseek2)".into(),
             ));
         }
+        // The GPU's layers keep their own ring, sinks and summary.
+        let gpu = match &self.model.gpu {
+            Some(g) => {
+                let (n_ctx, n_batch) = (self.kv.n_ctx, self.n_batch);
+                Some(GpuSession::new(
+                    g.clone(),
+                    hp,
+                    n_ctx,
+                    n_batch,
+                    stream.as_ref(),
+                )?)
+            }
+            None => None,
+        };
         let kv_dim = hp.n_head_kv * hp.head_dim;
         self.kv = KvCache::with_stream(
             self.kv.n_ctx,
@@ -172,6 +180,9 @@ impl<'m, 'a> Session<'m, 'a> {
             &layer_windows(hp),
             stream.map(|c| (c, hp.n_head_kv, hp.head_dim)),
         )?;
+        if let Some(g) = gpu {
+            self.gpu = Some(g);
+        }
         self.tokens.clear();
         Ok(())
     }

@@ -1,5 +1,7 @@
 //! The forward pass on the device. Weights are uploaded once per model ([`GpuModel`]); a
-//! [`GpuSession`] holds the KV cache (f16 pairs packed in u32, as the CPU's default f16 cache),
+//! [`GpuSession`] holds the KV cache (f16 pairs packed in u32, as the CPU's default f16 cache;
+//! with `--kv-window`, each layer without a native window keeps a ring, sinks and summary, see
+//! `stream.rs`),
 //! the activation buffers sized for one batch, and the whole pass recorded once as dispatches
 //! with their bind groups. Evaluating a batch writes the embedded rows (looked up on the CPU) and
 //! a small `step` uniform (token count, first position), replays the dispatches in one command
@@ -16,12 +18,14 @@ use std::sync::Arc;
 
 use super::cpu_moe;
 use super::ops::{u32s, StepUniform};
-use super::plan::{Acts, Builder, Dispatch, Groups, Segment};
+use super::plan::{Acts, Builder, Dispatch, Groups, LayerKv, Segment};
+use super::stream::{snap_words, Dims, StreamLayerGpu};
 use super::weights::{GpuFfn, GpuWeights};
 use super::GpuContext;
 use crate::error::{Error, Result};
 use crate::model::forward as model_forward;
 use crate::model::kv_cache::KvCache;
+use crate::model::kv_window::StreamConfig;
 use crate::model::moe_select::MoeState;
 use crate::model::{HParams, Weights};
 
@@ -98,6 +102,7 @@ pub struct GpuSession {
     /// Most rows of logits one call may return (`eval_all` batches are cut to this).
     pub max_out_rows: usize,
     a: Acts,
+    kv: Vec<LayerKv>,
     segments: Vec<Segment>,
     tail_last: Vec<Dispatch>,
     tail_all: Vec<Dispatch>,
@@ -110,7 +115,15 @@ pub struct GpuSession {
 const LOGITS_BYTES: usize = 64 << 20;
 
 impl GpuSession {
-    pub fn new(model: Arc<GpuModel>, hp: &HParams, n_ctx: usize, n_batch: usize) -> Result<Self> {
+    /// A session of `n_ctx` positions in batches of `n_batch`; with `stream`, the layers without
+    /// a native window keep a ring, sinks and summary instead of the full cache.
+    pub fn new(
+        model: Arc<GpuModel>,
+        hp: &HParams,
+        n_ctx: usize,
+        n_batch: usize,
+        stream: Option<&StreamConfig>,
+    ) -> Result<Self> {
         let ctx = model.ctx.clone();
         let f = 4u64;
         let b = n_batch.max(1) as u64;
@@ -155,6 +168,11 @@ impl GpuSession {
             xo: z("output rows", r * e)?,
             logits: z("logits", r * n_vocab as u64)?,
             xq: z("rounded activations", b * e.max(qd).max(ff))?,
+            qs: z("sink queries", if stream.is_some() { b * qd } else { 1 })?,
+            snap: z(
+                "summary snapshots",
+                stream.map_or(1, |c| b * snap_words(c, hp.n_head_kv, hp.head_dim) as u64),
+            )?,
             dummy: z("dummy", 1)?,
             step: ctx.uniform(&StepUniform {
                 n_tok: 0,
@@ -169,9 +187,32 @@ impl GpuSession {
             }),
         };
         let mut kv = Vec::with_capacity(model.w.layers.len());
-        for _ in &model.w.layers {
-            let bytes = n_ctx as u64 * kvd * 2;
-            kv.push((ctx.zeroed("K cache", bytes)?, ctx.zeroed("V cache", bytes)?));
+        for l in &model.w.layers {
+            kv.push(match stream.filter(|_| l.window.is_none()) {
+                Some(cfg) => {
+                    let dims = Dims {
+                        n_head: hp.n_head,
+                        n_head_kv: hp.n_head_kv,
+                        head_dim: hp.head_dim,
+                        cap: (cfg.window + n_batch.max(1)).min(n_ctx),
+                    };
+                    let scale = hp.scales.attention.unwrap_or(1.0 / (hd as f32).sqrt());
+                    let st = StreamLayerGpu::new(
+                        &ctx,
+                        cfg,
+                        l.il,
+                        dims,
+                        &l.rope,
+                        scale,
+                        l.sinks.is_some(),
+                    )?;
+                    LayerKv::Stream(Box::new(st))
+                }
+                None => {
+                    let bytes = n_ctx as u64 * kvd * 2;
+                    LayerKv::Full(ctx.zeroed("K cache", bytes)?, ctx.zeroed("V cache", bytes)?)
+                }
+            });
         }
         let bld = Builder {
             ctx: &ctx,
@@ -209,6 +250,7 @@ impl GpuSession {
             n_ctx,
             max_out_rows,
             a,
+            kv,
             segments,
             tail_last,
             tail_all,
@@ -216,6 +258,24 @@ impl GpuSession {
             profile: (std::env::var("DSRUN_GPU_PROFILE").as_deref() == Ok("1"))
                 .then(Default::default),
         })
+    }
+
+    /// Bytes of the KV state on the device: full caches, and the windowed layers' rings (W + the
+    /// batch size rows), sinks and summaries.
+    pub fn kv_bytes(&self) -> u64 {
+        self.kv
+            .iter()
+            .map(|kv| match kv {
+                LayerKv::Full(k, v) => k.size() + v.size(),
+                LayerKv::Stream(st) => st.bytes(),
+            })
+            .sum()
+    }
+
+    /// Bytes of the per-batch summary snapshots (each query's view of the slots; 4 without a
+    /// summary).
+    pub fn snapshot_bytes(&self) -> u64 {
+        self.a.snap.size()
     }
 
     fn encode(&self, enc: &mut wgpu::CommandEncoder, work: &[Dispatch], n_tok: u32) {
@@ -296,6 +356,16 @@ impl GpuSession {
             }),
         );
         let scope = ctx.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        if pos0 == 0 {
+            // A new sequence: the windowed layers' summaries start empty.
+            let mut enc = ctx.device.create_command_encoder(&Default::default());
+            for kv in &self.kv {
+                if let LayerKv::Stream(st) = kv {
+                    st.reset(&mut enc);
+                }
+            }
+            ctx.queue.submit([enc.finish()]);
+        }
         let result = self.run(hp, w, n, all_logits, moe);
         if let Some(err) = pollster::block_on(scope.pop()) {
             return Err(Error::Invalid(format!("GPU forward pass: {err}")));

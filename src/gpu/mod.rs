@@ -12,11 +12,12 @@
 //! The forward pass on the device ([`forward`], recorded by [`plan`]) keeps weights
 //! ([`weights`]), activations and the KV cache in GPU buffers and records one command buffer per
 //! batch; `-ngl` below n_layer + 1 runs the first layers on the CPU; [`cpu_moe`] runs the experts
-//! of the layers that `--n-cpu-moe` keeps in RAM, but for those [`expert_cache`] holds in VRAM.
+//! of the layers that `--n-cpu-moe` keeps in RAM, but for those [`expert_cache`] holds in VRAM;
+//! `stream` keeps `--kv-window`'s ring, sinks and KV summary on the device.
 //!
 //! Not yet here (issue 8): the other weight types (Q5_0, Q5_K, ...), f16 matrix products, subgroup
-//! reductions beyond the matrix products, a matrix-matrix (prefill) shader, sliding-window rings on the GPU (windows are masked over a
-//! full cache), MLA, quantized KV caches on the GPU.
+//! reductions beyond the matrix products, rings for native sliding-window layers (their windows
+//! are masked over a full cache), MLA, quantized KV caches on the GPU.
 
 mod cpu_moe;
 pub mod expert_cache;
@@ -25,10 +26,13 @@ mod ops;
 mod plan;
 pub mod repack;
 pub mod shaders;
+mod stream;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod tests_forward;
+#[cfg(test)]
+mod tests_stream;
 pub mod weights;
 
 pub use forward::{GpuModel, GpuOptions, GpuSession};

@@ -263,7 +263,9 @@ pub(crate) struct RopeUniform {
     pub attn_factor: f32,
     pub corr_lo: f32,
     pub corr_hi: f32,
-    pub _pad: [u32; 2],
+    /// Positions past this rotate as this one (`u32::MAX`: none).
+    pub pos_max: u32,
+    pub _pad: u32,
 }
 
 impl RopeUniform {
@@ -283,7 +285,8 @@ impl RopeUniform {
             attn_factor: rope.yarn.attn_factor,
             corr_lo: corr[0],
             corr_hi: corr[1],
-            _pad: [0; 2],
+            pos_max: u32::MAX,
+            _pad: 0,
         })
     }
 }
@@ -569,7 +572,7 @@ impl<'c> GpuOps<'c> {
             return Err(Error::Invalid("GPU rope: shapes disagree".into()));
         }
         let n_tok = x.len() / per_tok;
-        let pipeline = self.ctx.pipeline("rope", shaders::ROPE, "rope")?;
+        let pipeline = self.ctx.pipeline("rope", &shaders::rope_source(), "rope")?;
         let xb = self.ctx.storage("x", bytemuck::cast_slice(x))?;
         let params = self.ctx.uniform(&RopeUniform::new(n_head, head_dim, rope)?);
         let step = self.ctx.uniform(&StepUniform {

@@ -7,10 +7,9 @@ use std::sync::Arc;
 
 use bytemuck::{Pod, Zeroable};
 
-use super::ops::{
-    rope_factors, u32s, GpuMatrix, MatvecDispatch, NormParams, RopeUniform, MAX_GROUPS, TILE,
-};
+use super::ops::{rope_factors, u32s, GpuMatrix, MatvecDispatch, NormParams, MAX_GROUPS, TILE};
 use super::shaders;
+use super::stream::{rope_dispatch, StreamActs, StreamLayerGpu};
 use super::weights::{GpuFfn, GpuLayer};
 use super::GpuContext;
 use crate::error::Result;
@@ -79,6 +78,8 @@ pub(super) enum Groups {
     Heads(u32),
     /// One workgroup.
     One,
+    /// x workgroups, whatever the batch.
+    Fixed(u32),
 }
 
 impl Groups {
@@ -106,6 +107,7 @@ impl Groups {
             Groups::ElementsOnce(e) => Groups::Elements(e).at(1),
             Groups::Heads(h) => (h, n_tok, 1),
             Groups::One => (1, 1, 1),
+            Groups::Fixed(x) => (x, 1, 1),
         }
     }
 }
@@ -153,9 +155,18 @@ pub(super) struct Acts {
     pub xo: wgpu::Buffer,      // (R, n_embd) normed rows whose logits are wanted
     pub logits: wgpu::Buffer,  // (R, n_vocab)
     pub xq: wgpu::Buffer,      // (B, widest input) activations rounded to the CPU's grid
+    pub qs: wgpu::Buffer,      // (B, n_head * head_dim) queries at their sink position (windowed)
+    pub snap: wgpu::Buffer,    // (B, snapshot words) each query's view of the KV summary
     pub dummy: wgpu::Buffer,
     pub step: wgpu::Buffer,
     pub staging: wgpu::Buffer,
+}
+
+/// A layer's KV cache: full (`n_ctx` rows of K and V; a native window is masked over it), or
+/// `--kv-window`'s ring, sinks and summary.
+pub(super) enum LayerKv {
+    Full(wgpu::Buffer, wgpu::Buffer),
+    Stream(Box<StreamLayerGpu>),
 }
 
 /// A matrix product's dispatch, recorded with the grid it takes per batch.
@@ -428,13 +439,75 @@ impl Builder<'_> {
         Ok(())
     }
 
-    /// Layer `l`'s dispatches, appended to `seg`; a new segment starts after a CPU-expert layer.
-    pub(super) fn layer(
+    /// Attention over a full cache (`kc`, `vc`; a native window masked over it): RoPE, the
+    /// store, the attention into `a.att`.
+    fn attention(
         &self,
+        w: &mut Vec<Dispatch>,
         l: &GpuLayer,
-        kv: &(wgpu::Buffer, wgpu::Buffer),
-        segs: &mut Vec<Segment>,
+        kc: &wgpu::Buffer,
+        vc: &wgpu::Buffer,
     ) -> Result<()> {
+        let (hp, a, ctx) = (self.hp, self.a, self.ctx);
+        let hd = hp.head_dim;
+        let kvd = hp.n_head_kv * hd;
+        let rope = &l.rope;
+        let factors = rope_factors(ctx, rope)?;
+        for (buf, n_head) in [(&a.q, hp.n_head), (&a.k, hp.n_head_kv)] {
+            w.push(rope_dispatch(
+                ctx,
+                buf,
+                n_head,
+                hd,
+                rope,
+                u32::MAX,
+                &a.step,
+                &factors,
+            )?);
+            self.xq_holds.set(None);
+        }
+        let attn_params = ctx.uniform(&AttnParams {
+            n_head: u32s(hp.n_head, "heads")?,
+            n_head_kv: u32s(hp.n_head_kv, "heads")?,
+            head_dim: u32s(hd, "head size")?,
+            window: u32s(l.window.unwrap_or(0), "window")?,
+            scale: hp.scales.attention.unwrap_or(1.0 / (hd as f32).sqrt()),
+            has_sinks: l.sinks.is_some() as u32,
+            _pad: [0; 2],
+        });
+        let (f16, src) = shaders::attention_variant(ctx.f16());
+        let p = self.pipe(&format!("kv_store{f16}"), &src, "kv_store")?;
+        w.push(self.d(
+            p,
+            &[
+                (1, kc),
+                (2, vc),
+                (4, &attn_params),
+                (5, &a.step),
+                (7, &a.k),
+                (8, &a.v),
+            ],
+            Groups::Elements(u32s(kvd / 2, "width")?),
+        ));
+        let p = self.pipe(&format!("attention{f16}"), &src, "attention")?;
+        w.push(self.d(
+            p,
+            &[
+                (0, &a.q),
+                (1, kc),
+                (2, vc),
+                (3, &a.att),
+                (4, &attn_params),
+                (5, &a.step),
+                (6, l.sinks.as_ref().unwrap_or(&a.dummy)),
+            ],
+            Groups::Heads(u32s(hp.n_head, "heads")?),
+        ));
+        Ok(())
+    }
+
+    /// Layer `l`'s dispatches, appended to `seg`; a new segment starts after a CPU-expert layer.
+    pub(super) fn layer(&self, l: &GpuLayer, kv: &LayerKv, segs: &mut Vec<Segment>) -> Result<()> {
         let (hp, a, ctx) = (self.hp, self.a, self.ctx);
         let hd = hp.head_dim;
         let (qd, kvd) = (hp.n_head * hd, hp.n_head_kv * hd);
@@ -461,55 +534,23 @@ impl Builder<'_> {
                 w.push(self.d(p, &[(0, buf), (1, nw), (2, &params)], Groups::Rows(rows)));
             }
         }
-        let rope = &l.rope;
-        let factors = rope_factors(ctx, rope)?;
-        for (buf, n_head) in [(&a.q, hp.n_head), (&a.k, hp.n_head_kv)] {
-            let p = self.pipe("rope", shaders::ROPE, "rope")?;
-            let params = ctx.uniform(&RopeUniform::new(n_head, hd, rope)?);
-            let per_tok = u32s(n_head * hp.n_rot / 2, "rotations")?;
-            w.push(self.d(
-                p,
-                &[(0, buf), (1, &params), (2, &a.step), (3, &factors)],
-                Groups::Elements(per_tok),
-            ));
+        match kv {
+            LayerKv::Full(kc, vc) => self.attention(&mut w, l, kc, vc)?,
+            LayerKv::Stream(st) => {
+                let acts = StreamActs {
+                    q: &a.q,
+                    qs: &a.qs,
+                    k: &a.k,
+                    v: &a.v,
+                    out: &a.att,
+                    snap: &a.snap,
+                    step: &a.step,
+                    dummy: &a.dummy,
+                };
+                w.extend(st.record(ctx, &acts, l.sinks.as_ref())?);
+                self.xq_holds.set(None);
+            }
         }
-        let attn_params = ctx.uniform(&AttnParams {
-            n_head: u32s(hp.n_head, "heads")?,
-            n_head_kv: u32s(hp.n_head_kv, "heads")?,
-            head_dim: u32s(hd, "head size")?,
-            window: u32s(l.window.unwrap_or(0), "window")?,
-            scale: hp.scales.attention.unwrap_or(1.0 / (hd as f32).sqrt()),
-            has_sinks: l.sinks.is_some() as u32,
-            _pad: [0; 2],
-        });
-        let (f16, src) = shaders::attention_variant(ctx.f16());
-        let p = self.pipe(&format!("kv_store{f16}"), &src, "kv_store")?;
-        w.push(self.d(
-            p,
-            &[
-                (1, &kv.0),
-                (2, &kv.1),
-                (4, &attn_params),
-                (5, &a.step),
-                (7, &a.k),
-                (8, &a.v),
-            ],
-            Groups::Elements(u32s(kvd / 2, "width")?),
-        ));
-        let p = self.pipe(&format!("attention{f16}"), &src, "attention")?;
-        w.push(self.d(
-            p,
-            &[
-                (0, &a.q),
-                (1, &kv.0),
-                (2, &kv.1),
-                (3, &a.att),
-                (4, &attn_params),
-                (5, &a.step),
-                (6, l.sinks.as_ref().unwrap_or(&a.dummy)),
-            ],
-            Groups::Heads(u32s(hp.n_head, "heads")?),
-        ));
         self.mm(&mut w, &l.wo, &a.att, &a.x, true)?;
         if let Some(b) = &l.bo {
             w.push(self.ew("add_bias", &a.x, b, hp.n_embd, 1)?);

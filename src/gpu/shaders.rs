@@ -17,13 +17,16 @@ pub const REDUCE: &str = include_str!("../../shaders/reduce.wgsl");
 pub const REDUCE_SUBGROUP: &str = include_str!("../../shaders/reduce_subgroup.wgsl");
 const NORM: &str = include_str!("../../shaders/norm.wgsl");
 const SOFTMAX: &str = include_str!("../../shaders/softmax.wgsl");
-pub const ROPE: &str = include_str!("../../shaders/rope.wgsl");
+const ROPE: &str = include_str!("../../shaders/rope.wgsl");
+const ROPE_FN: &str = include_str!("../../shaders/rope_fn.wgsl");
 pub const ELEMENTWISE: &str = include_str!("../../shaders/elementwise.wgsl");
 pub const QUANTIZE: &str = include_str!("../../shaders/quantize.wgsl");
 pub const MOE: &str = include_str!("../../shaders/moe.wgsl");
 const ATTENTION: &str = include_str!("../../shaders/attention.wgsl");
 const ATTENTION_KQ: &str = include_str!("../../shaders/attention_kq.wgsl");
 const ATTENTION_KQ_F16: &str = include_str!("../../shaders/attention_kq_f16.wgsl");
+const ATTENTION_STREAM: &str = include_str!("../../shaders/attention_stream.wgsl");
+const SUMMARY_ROUND: &str = include_str!("../../shaders/summary_round.wgsl");
 
 /// Weight types with a GPU matrix product, and their type snippet.
 pub const MATVEC_TYPES: &[(GgmlType, &str)] = &[
@@ -65,6 +68,17 @@ pub fn softmax_source() -> String {
     format!("{REDUCE}\n{SOFTMAX}")
 }
 
+/// RoPE: `rope.wgsl` after the angles of `rope_fn.wgsl`.
+pub fn rope_source() -> String {
+    format!("{ROPE_FN}\n{ROPE}")
+}
+
+/// Windowed attention (`--kv-window`, sinks, the KV summary): `attention_stream.wgsl` after the
+/// shared reductions, RoPE's angles and the summary's stochastic rounding.
+pub fn attention_stream_source() -> String {
+    format!("{REDUCE}\n{ROPE_FN}\n{SUMMARY_ROUND}\n{ATTENTION_STREAM}")
+}
+
 /// Attention and the KV cache store: `attention.wgsl` after the shared reductions and the f32
 /// Q·K dot.
 pub fn attention_source() -> String {
@@ -101,7 +115,14 @@ pub fn all_modules() -> Vec<(String, String, &'static str)> {
     }
     v.push(("norm".into(), norm_source(), "rms_norm"));
     v.push(("softmax".into(), softmax_source(), "softmax"));
-    v.push(("rope".into(), ROPE.into(), "rope"));
+    v.push(("rope".into(), rope_source(), "rope"));
+    for entry in ["stream_store", "absorb", "attention_stream"] {
+        v.push((
+            format!("attention_stream {entry}"),
+            attention_stream_source(),
+            entry,
+        ));
+    }
     v.push(("attention".into(), attention_source(), "attention"));
     v.push((
         "attention_f16".into(),

@@ -205,6 +205,12 @@ impl StreamLayer {
             .unwrap_or_default()
     }
 
+    /// The summary: mean keys and values (n_head_kv, M, head_dim) and counts (n_head_kv, M).
+    #[cfg(test)]
+    pub(crate) fn summary(&self) -> (&[f16], &[f16], &[f32]) {
+        (&self.mean_k, &self.mean_v, &self.count)
+    }
+
     /// Bytes of the f32 sinks, the f16 summary means and the f32 counts.
     pub(crate) fn bytes(&self) -> usize {
         4 * (self.sink_k.len() + self.sink_v.len() + self.count.len())
