@@ -12,12 +12,13 @@
 // absorb: one workgroup per KV head, the batch's tokens in order: before query p, the token at
 //   j = p - W leaves the window (when j >= S) and joins the slot of the nearest learned centroid
 //   (its key turned back to pre-RoPE; or slot (j - S) % M, or the recency blocks), every count
-//   first scaled by `decay`; then the head's means and score biases (alpha ln(count), or empty)
-//   are copied to `snap` for that query.
-// attention_stream: one workgroup per (head, token) over the sinks (with the query RoPE'd at
-//   its sink position, qs), the slots of its snapshot (with q, at its own position, plus the
-//   bias) and the window max(S, p + 1 - W) ..= p, with a running maximum and sum; gpt-oss's
-//   head sink adds to the sum only.
+//   first scaled by `decay` (not dispatched without a summary); then, as the summary stands for that query, each of the KV head's
+//   query heads scores the slots (q, at its own position, times the mean key, plus the bias
+//   alpha ln(count); an empty slot is skipped) and leaves its share of the softmax in
+//   `slot_part`: the maximum, the sum of exp(score - maximum) and the values weighted by them.
+// attention_stream: one workgroup per (head, token), starting from its slots' share, over the
+//   sinks (with the query RoPE'd at its sink position, qs) and the window max(S, p + 1 - W) ..= p
+//   with a running maximum and sum; gpt-oss's head sink adds to the sum only.
 
 struct Stream {
     n_head: u32,
@@ -47,7 +48,7 @@ struct Step {
 @group(0) @binding(3) var<storage, read_write> vc: array<u32>;
 @group(0) @binding(4) var<storage, read_write> sinkkv: array<f32>;
 @group(0) @binding(5) var<storage, read_write> summ: array<u32>;
-@group(0) @binding(6) var<storage, read_write> snap: array<u32>;
+@group(0) @binding(6) var<storage, read_write> slot_part: array<f32>;
 @group(0) @binding(7) var<storage, read_write> out: array<f32>;
 @group(0) @binding(8) var<storage, read> k_new: array<f32>;
 @group(0) @binding(9) var<storage, read> v_new: array<f32>;
@@ -60,6 +61,7 @@ struct Step {
 
 const NEG: f32 = -3.4028235e38;
 const HD_MAX: u32 = 256u;
+const SLOTS_MAX: u32 = 256u;
 var<workgroup> probs: array<f32, WG>;
 var<workgroup> key_abs: array<f32, HD_MAX>;
 var<workgroup> key_pre: array<f32, HD_MAX>;
@@ -67,6 +69,7 @@ var<workgroup> val: array<f32, HD_MAX>;
 var<workgroup> best_d: array<f32, WG>;
 var<workgroup> best_s: array<u32, WG>;
 var<workgroup> rate: f32;
+var<workgroup> slot_p: array<f32, SLOTS_MAX>;
 
 fn half_of(w: u32, d: u32) -> f32 {
     let v = unpack2x16float(w);
@@ -149,7 +152,6 @@ fn absorb(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l
     let m = sp.n_slot;
     let hm = sp.n_head_kv * m;
     let row_words = sp.n_head_kv * hw;
-    let snap_words = 2u * hm * hw + hm;
     for (var t = 0u; t < step.n_tok; t++) {
         let p = step.pos0 + t;
         if (p >= sp.window && p - sp.window >= sp.sinks) {
@@ -215,23 +217,57 @@ fn absorb(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l
             storageBarrier();
             workgroupBarrier();
         }
-        // This query's view of the head's slots.
-        let base = t * snap_words;
-        for (var w = lid; w < m * hw; w += WG) {
-            let at = g * m * hw + w;
-            snap[base + at] = summ[at];
-            snap[base + hm * hw + at] = summ[hm * hw + at];
-        }
-        for (var s = lid; s < m; s += WG) {
-            let c = bitcast<f32>(summ[2u * hm * hw + g * m + s]);
-            var b = NEG;
-            if (c > 0.0) {
-                b = 0.0;
-                if (sp.log_weight != 0.0) {
-                    b = sp.log_weight * log(c);
+        // Each query head's share of the softmax over the slots, as they stand for this query.
+        let group = sp.n_head / sp.n_head_kv;
+        for (var i = 0u; i < group; i++) {
+            let head = g * group + i;
+            let q_base = (t * sp.n_head + head) * hd;
+            var local_max = NEG;
+            for (var s = lid; s < m; s += WG) {
+                let c = bitcast<f32>(summ[2u * hm * hw + g * m + s]);
+                var sc = NEG;
+                if (c > 0.0) {
+                    let kb = (g * m + s) * hw;
+                    var a = 0.0;
+                    for (var d = 0u; d < hw; d++) {
+                        let k2 = unpack2x16float(summ[kb + d]);
+                        a += q[q_base + 2u * d] * k2.x + q[q_base + 2u * d + 1u] * k2.y;
+                    }
+                    sc = a * sp.scale;
+                    if (sp.log_weight != 0.0) {
+                        sc += sp.log_weight * log(c);
+                    }
+                    local_max = max(local_max, sc);
                 }
+                slot_p[s] = sc;
             }
-            snap[base + 2u * hm * hw + g * m + s] = bitcast<u32>(b);
+            let mx = wg_max(lid, local_max);
+            var local_sum = 0.0;
+            for (var s = lid; s < m; s += WG) {
+                var e = 0.0;
+                if (slot_p[s] > NEG) {
+                    e = exp(slot_p[s] - mx);
+                }
+                slot_p[s] = e;
+                local_sum += e;
+            }
+            let l = wg_sum(lid, local_sum);
+            let out_base = (t * sp.n_head + head) * (hd + 2u);
+            for (var d = lid; d < hd; d += WG) {
+                var a = 0.0;
+                for (var s = 0u; s < m; s++) {
+                    let e = slot_p[s];
+                    if (e != 0.0) {
+                        a += e * half_of(summ[hm * hw + (g * m + s) * hw + d / 2u], d);
+                    }
+                }
+                slot_part[out_base + 2u + d] = a;
+            }
+            if (lid == 0u) {
+                slot_part[out_base] = mx;
+                slot_part[out_base + 1u] = l;
+            }
+            workgroupBarrier();
         }
         storageBarrier();
         workgroupBarrier();
@@ -249,12 +285,11 @@ fn attention_stream(
     let hd = sp.head_dim;
     let hw = hd / 2u;
     let m = sp.n_slot;
-    let hm = sp.n_head_kv * m;
     let kvd = sp.n_head_kv * hd;
     let row_words = kvd / 2u;
     let g = head / (sp.n_head / sp.n_head_kv);
     let q_base = (t * sp.n_head + head) * hd;
-    let snap_base = t * (2u * hm * hw + hm);
+    let part = (t * sp.n_head + head) * (hd + 2u);
     let p = step.pos0 + t;
     let n_sink = min(sp.sinks, p + 1u);
     var wlo = sp.sinks;
@@ -265,10 +300,21 @@ fn attention_stream(
     if (p + 1u > wlo) {
         n_win = p + 1u - wlo;
     }
-    let n_keys = n_sink + m + n_win;
+    let n_keys = n_sink + n_win;
+    // The slots' share first (none: a maximum of NEG and a sum of 0).
     var mx = NEG;
     var l = 0.0;
     var acc = array<f32, 4>(0.0, 0.0, 0.0, 0.0);
+    if (m > 0u) {
+        mx = slot_part[part];
+        l = slot_part[part + 1u];
+        for (var r = 0u; r < 4u; r++) {
+            let d = lid + r * WG;
+            if (d < hd) {
+                acc[r] = slot_part[part + 2u + d];
+            }
+        }
+    }
     for (var j0 = 0u; j0 < n_keys; j0 += WG) {
         let idx = j0 + lid;
         var s = NEG;
@@ -281,21 +327,8 @@ fn attention_stream(
             }
             s = a * sp.scale;
             valid = true;
-        } else if (idx < n_sink + m) {
-            let slot = idx - n_sink;
-            let b = bitcast<f32>(snap[snap_base + 2u * hm * hw + g * m + slot]);
-            if (b > NEG) {
-                let kb = snap_base + (g * m + slot) * hw;
-                var a = 0.0;
-                for (var d = 0u; d < hw; d++) {
-                    let k2 = unpack2x16float(snap[kb + d]);
-                    a += q[q_base + 2u * d] * k2.x + q[q_base + 2u * d + 1u] * k2.y;
-                }
-                s = a * sp.scale + b;
-                valid = true;
-            }
         } else if (idx < n_keys) {
-            let pos = wlo + idx - n_sink - m;
+            let pos = wlo + idx - n_sink;
             let kb = (pos % sp.cap) * row_words + g * hw;
             var a = 0.0;
             for (var d = 0u; d < hw; d++) {
@@ -327,11 +360,8 @@ fn attention_stream(
                     var v = 0.0;
                     if (k < n_sink) {
                         v = sinkkv[sp.sinks * kvd + k * kvd + g * hd + d];
-                    } else if (k < n_sink + m) {
-                        let slot = k - n_sink;
-                        v = half_of(snap[snap_base + hm * hw + (g * m + slot) * hw + d / 2u], d);
                     } else {
-                        let pos = wlo + k - n_sink - m;
+                        let pos = wlo + k - n_sink;
                         v = half_of(vc[(pos % sp.cap) * row_words + g * hw + d / 2u], d);
                     }
                     a += pr * v;

@@ -183,15 +183,8 @@ impl KvArgs {
                 describe(hp, session.n_ctx(), types, stream.as_ref())
             );
             if let Some(g) = &session.gpu {
-                let mib = |b: u64| b as f64 / (1 << 20) as f64;
-                let snaps = match g.snapshot_bytes() {
-                    b if b > 4 => format!(" (+ {:.1} MiB of summary snapshots per batch)", mib(b)),
-                    _ => String::new(),
-                };
-                eprintln!(
-                    "dsrun: the GPU's KV state: {:.1} MiB{snaps}",
-                    mib(g.kv_bytes())
-                );
+                let mib = g.kv_bytes() as f64 / (1 << 20) as f64;
+                eprintln!("dsrun: the GPU's KV state: {mib:.1} MiB");
             }
             if session.n_ctx() > hp.n_ctx_train {
                 let why = match &stream {

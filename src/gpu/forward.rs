@@ -19,7 +19,7 @@ use std::sync::Arc;
 use super::cpu_moe;
 use super::ops::{u32s, StepUniform};
 use super::plan::{Acts, Builder, Dispatch, Groups, LayerKv, Segment};
-use super::stream::{snap_words, Dims, StreamLayerGpu};
+use super::stream::{slot_part_len, Dims, StreamLayerGpu};
 use super::weights::{GpuFfn, GpuWeights};
 use super::GpuContext;
 use crate::error::{Error, Result};
@@ -169,9 +169,9 @@ impl GpuSession {
             logits: z("logits", r * n_vocab as u64)?,
             xq: z("rounded activations", b * e.max(qd).max(ff))?,
             qs: z("sink queries", if stream.is_some() { b * qd } else { 1 })?,
-            snap: z(
-                "summary snapshots",
-                stream.map_or(1, |c| b * snap_words(c, hp.n_head_kv, hp.head_dim) as u64),
+            slot_part: z(
+                "summary shares",
+                stream.map_or(1, |c| b * slot_part_len(c, hp.n_head, hp.head_dim) as u64),
             )?,
             dummy: z("dummy", 1)?,
             step: ctx.uniform(&StepUniform {
@@ -270,12 +270,6 @@ impl GpuSession {
                 LayerKv::Stream(st) => st.bytes(),
             })
             .sum()
-    }
-
-    /// Bytes of the per-batch summary snapshots (each query's view of the slots; 4 without a
-    /// summary).
-    pub fn snapshot_bytes(&self) -> u64 {
-        self.a.snap.size()
     }
 
     fn encode(&self, enc: &mut wgpu::CommandEncoder, work: &[Dispatch], n_tok: u32) {

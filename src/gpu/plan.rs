@@ -135,28 +135,28 @@ pub(super) struct CpuExperts {
 
 /// The activation buffers of one session; (rows, width) in comments, B the batch size.
 pub(super) struct Acts {
-    pub x: wgpu::Buffer,       // (B, n_embd) the residual stream
-    pub h: wgpu::Buffer,       // (B, n_embd) normed
-    pub q: wgpu::Buffer,       // (B, n_head * head_dim)
-    pub k: wgpu::Buffer,       // (B, n_head_kv * head_dim)
-    pub v: wgpu::Buffer,       // (B, n_head_kv * head_dim)
-    pub att: wgpu::Buffer,     // (B, n_head * head_dim)
-    pub g: wgpu::Buffer,       // (B, max(n_ff, k * n_ff_exp))
-    pub u: wgpu::Buffer,       // as g
-    pub dm: wgpu::Buffer,      // (B * k, n_embd) expert outputs
-    pub rl: wgpu::Buffer,      // (B, n_expert) router logits
-    pub ids: wgpu::Buffer,     // (B * k) u32
-    pub order: wgpu::Buffer,   // (B * k) u32, the pairs grouped by expert
-    pub offsets: wgpu::Buffer, // (max(n_expert, cache slots) + 1) u32, each expert's first pair
-    pub wts: wgpu::Buffer,     // (B * k)
-    pub cids: wgpu::Buffer,    // (B * k) u32, expert cache slots
-    pub cwts: wgpu::Buffer,    // (B * k), 0 where the expert is not cached
-    pub cpu_out: wgpu::Buffer, // (B, n_embd) the CPU experts' sum
-    pub xo: wgpu::Buffer,      // (R, n_embd) normed rows whose logits are wanted
-    pub logits: wgpu::Buffer,  // (R, n_vocab)
-    pub xq: wgpu::Buffer,      // (B, widest input) activations rounded to the CPU's grid
-    pub qs: wgpu::Buffer,      // (B, n_head * head_dim) queries at their sink position (windowed)
-    pub snap: wgpu::Buffer,    // (B, snapshot words) each query's view of the KV summary
+    pub x: wgpu::Buffer,         // (B, n_embd) the residual stream
+    pub h: wgpu::Buffer,         // (B, n_embd) normed
+    pub q: wgpu::Buffer,         // (B, n_head * head_dim)
+    pub k: wgpu::Buffer,         // (B, n_head_kv * head_dim)
+    pub v: wgpu::Buffer,         // (B, n_head_kv * head_dim)
+    pub att: wgpu::Buffer,       // (B, n_head * head_dim)
+    pub g: wgpu::Buffer,         // (B, max(n_ff, k * n_ff_exp))
+    pub u: wgpu::Buffer,         // as g
+    pub dm: wgpu::Buffer,        // (B * k, n_embd) expert outputs
+    pub rl: wgpu::Buffer,        // (B, n_expert) router logits
+    pub ids: wgpu::Buffer,       // (B * k) u32
+    pub order: wgpu::Buffer,     // (B * k) u32, the pairs grouped by expert
+    pub offsets: wgpu::Buffer,   // (max(n_expert, cache slots) + 1) u32, each expert's first pair
+    pub wts: wgpu::Buffer,       // (B * k)
+    pub cids: wgpu::Buffer,      // (B * k) u32, expert cache slots
+    pub cwts: wgpu::Buffer,      // (B * k), 0 where the expert is not cached
+    pub cpu_out: wgpu::Buffer,   // (B, n_embd) the CPU experts' sum
+    pub xo: wgpu::Buffer,        // (R, n_embd) normed rows whose logits are wanted
+    pub logits: wgpu::Buffer,    // (R, n_vocab)
+    pub xq: wgpu::Buffer,        // (B, widest input) activations rounded to the CPU's grid
+    pub qs: wgpu::Buffer,        // (B, n_head * head_dim) queries at their sink position (windowed)
+    pub slot_part: wgpu::Buffer, // (B, n_head * (head_dim + 2)) each query's share of the summary
     pub dummy: wgpu::Buffer,
     pub step: wgpu::Buffer,
     pub staging: wgpu::Buffer,
@@ -543,7 +543,7 @@ impl Builder<'_> {
                     k: &a.k,
                     v: &a.v,
                     out: &a.att,
-                    snap: &a.snap,
+                    slot_part: &a.slot_part,
                     step: &a.step,
                     dummy: &a.dummy,
                 };

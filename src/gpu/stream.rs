@@ -6,9 +6,10 @@
 //!
 //! The ring holds W + the batch size rows (at most the context), so a batch's rows go in before
 //! its queries run without overwriting a row that one of them, or the summary, still needs; the
-//! CPU keeps W rows and reads the batch's own from a view. Each query's slots are read from a
-//! snapshot (`snap`, one per token of the batch) that `absorb` writes after the tokens that
-//! left the window before that query joined.
+//! CPU keeps W rows and reads the batch's own from a view. `absorb` moves the batch's leaving
+//! tokens into the summary in order and, after those that left before each query, leaves that
+//! query's share of the softmax over the slots (maximum, sum, weighted values: `slot_part`, the
+//! size of the queries plus two numbers a head), which the attention starts from.
 //!
 //! What the GPU refuses (the CPU runs them): quantized K/V, the hidden `SlotKeys::Window`
 //! variant, and the reference mode of the tests.
@@ -72,13 +73,22 @@ pub(super) fn check(cfg: &StreamConfig, head_dim: usize) -> Result<()> {
     if head_dim > 256 || head_dim % 2 == 1 {
         return refuse(&format!("windowed attention with heads of {head_dim}"));
     }
+    if cfg.n_slot() > 256 {
+        return refuse(&format!(
+            "a KV summary of {} slots (256 at most)",
+            cfg.n_slot()
+        ));
+    }
     Ok(())
 }
 
-/// u32 words of one token's snapshot: mean K and V of every slot, and the slots' biases.
-pub(super) fn snap_words(cfg: &StreamConfig, n_head_kv: usize, head_dim: usize) -> usize {
-    let hm = n_head_kv * cfg.n_slot();
-    2 * hm * head_dim / 2 + hm
+/// f32 values of one token's share of the softmax over the slots: per query head its maximum
+/// score, the sum of the exponentials and the weighted values (none without a summary).
+pub(super) fn slot_part_len(cfg: &StreamConfig, n_head: usize, head_dim: usize) -> usize {
+    match cfg.n_slot() {
+        0 => 0,
+        _ => n_head * (head_dim + 2),
+    }
 }
 
 /// The buffers a session shares between its stream layers (each layer's attention is done
@@ -90,7 +100,8 @@ pub(super) struct StreamActs<'a> {
     pub k: &'a wgpu::Buffer,
     pub v: &'a wgpu::Buffer,
     pub out: &'a wgpu::Buffer,
-    pub snap: &'a wgpu::Buffer,
+    /// Each query's share of the softmax over the summary slots.
+    pub slot_part: &'a wgpu::Buffer,
     pub step: &'a wgpu::Buffer,
     pub dummy: &'a wgpu::Buffer,
 }
@@ -108,6 +119,7 @@ pub struct StreamLayerGpu {
     /// The query's position for the sinks at most this (StreamingLLM's cache positions).
     sink_pos_max: u32,
     dims: Dims,
+    n_slot: usize,
     bytes: u64,
 }
 
@@ -175,6 +187,7 @@ impl StreamLayerGpu {
             rope: rope.clone(),
             sink_pos_max,
             dims,
+            n_slot: m,
             bytes: 2 * ring + sinks + summ,
         })
     }
@@ -261,23 +274,26 @@ impl StreamLayerGpu {
             ],
             Groups::Elements(u32s(n_head_kv * hd / 2, "width")?),
         )?);
-        w.push(d(
-            "stream_absorb",
-            &src,
-            "absorb",
-            &[
-                (2, &self.ring_k),
-                (3, &self.ring_v),
-                (5, &self.summ),
-                (6, a.snap),
-                (10, &self.cent),
-                (12, &factors),
-                (13, p),
-                (14, &rope_u),
-                (15, a.step),
-            ],
-            Groups::Fixed(u32s(n_head_kv, "heads")?),
-        )?);
+        if self.n_slot > 0 {
+            w.push(d(
+                "stream_absorb",
+                &src,
+                "absorb",
+                &[
+                    (0, a.q),
+                    (2, &self.ring_k),
+                    (3, &self.ring_v),
+                    (5, &self.summ),
+                    (6, a.slot_part),
+                    (10, &self.cent),
+                    (12, &factors),
+                    (13, p),
+                    (14, &rope_u),
+                    (15, a.step),
+                ],
+                Groups::Fixed(u32s(n_head_kv, "heads")?),
+            )?);
+        }
         w.push(d(
             "stream_attention",
             &src,
@@ -288,7 +304,7 @@ impl StreamLayerGpu {
                 (2, &self.ring_k),
                 (3, &self.ring_v),
                 (4, &self.sinkkv),
-                (6, a.snap),
+                (6, a.slot_part),
                 (7, a.out),
                 (11, head_sinks.unwrap_or(a.dummy)),
                 (13, p),

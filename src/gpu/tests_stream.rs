@@ -10,7 +10,7 @@ use half::f16;
 
 use super::ops::StepUniform;
 use super::plan::Dispatch;
-use super::stream::{snap_words, Dims, StreamActs, StreamLayerGpu};
+use super::stream::{slot_part_len, Dims, StreamActs, StreamLayerGpu};
 use super::tests::{ctx, nmse, NMSE};
 use super::tests_forward::read_u32;
 use super::GpuContext;
@@ -89,7 +89,11 @@ fn run_case(ctx: &GpuContext, c: &Case, seed: u64) -> (f64, f64) {
     let (qb, qsb) = (buf(ctx, "q", n_batch * qd), buf(ctx, "qs", n_batch * qd));
     let (kb, vb) = (buf(ctx, "k", n_batch * kvd), buf(ctx, "v", n_batch * kvd));
     let out = buf(ctx, "out", n_batch * qd);
-    let snap = buf(ctx, "snap", n_batch * snap_words(&c.cfg, h, hd));
+    let part = buf(
+        ctx,
+        "slot part",
+        n_batch * slot_part_len(&c.cfg, n_head, hd),
+    );
     let dummy = buf(ctx, "dummy", 1);
     let step = ctx.uniform(&StepUniform {
         n_tok: 0,
@@ -102,7 +106,7 @@ fn run_case(ctx: &GpuContext, c: &Case, seed: u64) -> (f64, f64) {
         k: &kb,
         v: &vb,
         out: &out,
-        snap: &snap,
+        slot_part: &part,
         step: &step,
         dummy: &dummy,
     };
