@@ -13,10 +13,16 @@
 # measures ppPP and tgTG with `dsrun bench --device gpu` (and, for the tiny MoE, with --cpu-moe
 # with and without --moe-gpu-cache 4, whose line gives the cache's hit rate), which prints the copy bandwidth of the device, the bytes a
 # decoded token reads and the roofline (bandwidth ÷ bytes) beside each generation figure, and
-# the same tests on the CPU for the ratio, and ppPP once more by the per-token matrix products
-# (DSRUN_GPU_TILED=0) beside the tiled prefill ones. Qwen2.5-Coder-1.5B Q4_K_M (1.1 GB) is measured too
-# where the file is present (models/ here; it cannot travel to the device machine, whose
-# transfer limit is 64 MiB). Results go to stdout and, where $OUT is set, to $OUT/bench-gpu.md.
+# the same tests on the CPU for the ratio, the GPU time per pipeline of a short greedy run
+# (DSRUN_GPU_PROFILE=1), tgTG once more with the decode products' threads over whole blocks
+# (DSRUN_GPU_DECODE=block), and ppPP once more by the per-token matrix products
+# (DSRUN_GPU_TILED=0) beside the tiled prefill ones. Qwen2.5-Coder-1.5B Q4_K_M (1.1 GB) cannot
+# travel to the device machine (64 MiB at most): `prepare` copies its first bytes, up to where
+# the tensor data start (tokenizer, shapes and types: 5.7 MiB), and `run` appends zeros to its
+# full length, a file of the same shapes and types whose every weight is 0: it reads the same
+# bytes and runs the same kernels, so its speed is the real file's, but its text means nothing
+# (no greedy check for it; with the real file in models/, that is used and checked). Results go
+# to stdout and, where $OUT is set, to $OUT/bench-gpu.md.
 #
 # Settings (environment): PP (default 512), TG (128), REPS (3), DSRUN (the binary; default
 # .gpu/dsrun, else target/release/dsrun). On lavapipe, for a quick check of the script itself:
@@ -35,6 +41,15 @@ prepare() {
     mkdir -p "$CARRY"
     strip -o "$CARRY/dsrun" target/release/dsrun
     cp -f "models/tiny-qwen3moe/$TINY_Q8" "models/tiny-qwen3moe/$TINY_Q4" "$CARRY/"
+    if [[ -f "models/$QWEN15" ]]; then
+        local off
+        off="$(target/release/dsrun info "models/$QWEN15" |
+            sed -n 's/^tensors: .*data from byte \([0-9]*\).*/\1/p')"
+        head -c "$off" "models/$QWEN15" >"$CARRY/$QWEN15.header"
+        stat -c %s "models/$QWEN15" >"$CARRY/$QWEN15.size"
+    else
+        echo "bench-gpu: models/$QWEN15 missing: its zero-weight twin is not prepared" >&2
+    fi
     # The Vulkan loader, in case the device machine lacks it (its NVIDIA driver brings the ICD).
     local lists=/tmp/bench-gpu-apt
     mkdir -p "$lists/partial"
@@ -85,20 +100,28 @@ run() {
         command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
         local fail=0 prompt="The capital of France is"
         for name in "$TINY_Q8" "$TINY_Q4" "$QWEN15"; do
-            local m
+            local m zero=0
             m="$(find_model "$name")"
+            if [[ -z "$m" && -f "$CARRY/$name.header" ]]; then
+                m="${TMPDIR:-/tmp}/zero-$name"
+                cp "$CARRY/$name.header" "$m"
+                truncate -s "$(cat "$CARRY/$name.size")" "$m"
+                zero=1
+                echo "- $name: not present; its header with zero weights (same shapes and types: speed only)"
+            fi
             if [[ -z "$m" ]]; then
                 echo "- $name: not present, skipped"
                 continue
             fi
             local g=(run -m "$m" --temp 0 -n 32 -c 256 -q "$prompt")
             local cpu gpu split
-            if ! cpu="$("$bin" "${g[@]}" --device cpu)" || ! gpu="$("$bin" "${g[@]}" --device gpu)"; then
+            if [[ "$zero" == 1 ]]; then
+                :
+            elif ! cpu="$("$bin" "${g[@]}" --device cpu)" || ! gpu="$("$bin" "${g[@]}" --device gpu)"; then
                 echo "- $name: dsrun run FAILED"
                 fail=1
                 continue
-            fi
-            if [[ "$gpu" == "$cpu" ]]; then
+            elif [[ "$gpu" == "$cpu" ]]; then
                 echo "- $name: greedy text of 32 tokens on the GPU equals the CPU's"
             else
                 echo "- $name: GPU TEXT DIFFERS: cpu=[$cpu] gpu=[$gpu]"
@@ -128,6 +151,17 @@ run() {
                     fail=1
                 fi
             done
+            # Where decode time goes: each dispatch waited for alone (DSRUN_GPU_PROFILE=1), the
+            # ten costliest pipelines over a 16-token greedy run.
+            echo "- $name: GPU time per pipeline (DSRUN_GPU_PROFILE=1, 16 tokens):"
+            DSRUN_GPU_PROFILE=1 "$bin" run -m "$m" --temp 0 -n 16 -c 256 --device gpu "$prompt" \
+                2>&1 >/dev/null | grep "GPU profile" | head -10 || true
+            # Decode by the products whose threads take whole blocks, for the ratio.
+            echo "- $name: tg$tg with DSRUN_GPU_DECODE=block (threads over blocks):"
+            if ! DSRUN_GPU_DECODE=block "$bin" bench -m "$m" -p 0 -n "$tg" -r "$reps" --device gpu; then
+                echo "- $name: dsrun bench DSRUN_GPU_DECODE=block FAILED"
+                fail=1
+            fi
             # Prefill by the per-token products instead of the tiled ones, for the ratio.
             echo "- $name: pp$pp with DSRUN_GPU_TILED=0 (the per-token matrix products):"
             if ! DSRUN_GPU_TILED=0 "$bin" bench -m "$m" -p "$pp" -n 0 -r "$reps" --device gpu; then

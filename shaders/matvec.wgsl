@@ -10,6 +10,11 @@
 // x[z / x_div] is the input (x_div = experts per token for gate/up, 1 for down).
 // With `accumulate` the product is added to y (a residual) instead of stored.
 //
+// `main_strided` (one token; the default, DSRUN_GPU_DECODE=block takes `main`): `main`'s grid,
+// the threads striding over groups of 4 values as `main_tiled` does, so a row of few big blocks
+// keeps all 64 busy (over blocks, a Q4_K row of 1536 values occupies 6 threads) and neighbouring
+// threads read neighbouring bytes.
+//
 // `main_tiled` (prefill): z is a tile of TILE tokens (the batch's count in `step`), and the
 // threads stride over the row in groups of 4 values (the type's dequant4), so each weight is
 // read once for the tile instead of once per token, and short rows of big blocks (a Q4_K row of
@@ -92,6 +97,25 @@ fn main_ids(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id)
 fn x4(r: u32, c: u32) -> vec4<f32> {
     let i = r * params.n_cols + c;
     return vec4<f32>(x[i], x[i + 1u], x[i + 2u], x[i + 3u]);
+}
+
+@compute @workgroup_size(64)
+fn main_strided(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let row = wid.y * params.rows_per_y + wid.x;
+    let tok = wid.z;
+    if (row >= params.n_rows) {
+        return;
+    }
+    let per_block = BLOCK / 4u;
+    let nb = params.n_cols / BLOCK;
+    var acc = 0.0;
+    for (var g = lid.x; g < params.n_cols / 4u; g += WG) {
+        acc += dot(dequant4(row * nb + g / per_block, g % per_block), x4(tok, 4u * g));
+    }
+    let total = wg_sum(lid.x, acc);
+    if (lid.x == 0u) {
+        store(tok * params.y_stride + params.y_off + row, total);
+    }
 }
 
 // The dots of weight row w_row with the eight x rows ra and rb (a partial tile repeats its last

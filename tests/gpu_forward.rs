@@ -101,8 +101,13 @@ fn tiny_moe_greedy_text_on_gpu_equals_cpu_with_and_without_cpu_experts() {
         );
         assert_eq!(text, cpu, "GPU with {args:?} vs CPU");
     }
-    // The shader variants: attention's f16 Q·K (opt-in) and the reductions without subgroups.
-    for env in [("DSRUN_GPU_F16", "1"), ("DSRUN_GPU_SUBGROUPS", "0")] {
+    // The shader variants: attention's f16 Q·K (opt-in), the reductions without subgroups, and
+    // one token's products with the threads over blocks.
+    for env in [
+        ("DSRUN_GPU_F16", "1"),
+        ("DSRUN_GPU_SUBGROUPS", "0"),
+        ("DSRUN_GPU_DECODE", "block"),
+    ] {
         let text = greedy_env(common::TINY_Q8, &["--device", "gpu"], &[env]);
         assert_eq!(text, cpu, "GPU with {env:?} vs CPU");
     }

@@ -170,7 +170,11 @@ fn write_text(out: &mut impl Write, i: &ModelInfo) -> std::io::Result<()> {
         opt(&i.eos_token_id),
         if i.has_chat_template { "yes" } else { "no" }
     )?;
-    writeln!(out, "tensors:        {}", i.n_tensors)?;
+    writeln!(
+        out,
+        "tensors:        {} (data from byte {})",
+        i.n_tensors, i.data_offset
+    )?;
     for (name, c) in &i.tensor_types {
         writeln!(
             out,

@@ -66,6 +66,9 @@ pub struct GpuContext {
     use_subgroups: AtomicBool,
     /// Whether attention takes its shader-f16 Q·K variant (opt-in: `DSRUN_GPU_F16=1`).
     use_f16: AtomicBool,
+    /// Whether one token's matrix products take `main_strided` (threads over groups of 4
+    /// values; the default) or `main` (threads over blocks: `DSRUN_GPU_DECODE=block`).
+    use_strided: AtomicBool,
 }
 
 impl GpuContext {
@@ -115,6 +118,7 @@ impl GpuContext {
         let use_subgroups =
             info.subgroups && std::env::var("DSRUN_GPU_SUBGROUPS").as_deref() != Ok("0");
         let use_f16 = info.shader_f16 && std::env::var("DSRUN_GPU_F16").as_deref() == Ok("1");
+        let use_strided = std::env::var("DSRUN_GPU_DECODE").as_deref() != Ok("block");
         Ok(Some(GpuContext {
             device,
             queue,
@@ -122,6 +126,7 @@ impl GpuContext {
             pipelines: Mutex::new(HashMap::new()),
             use_subgroups: AtomicBool::new(use_subgroups),
             use_f16: AtomicBool::new(use_f16),
+            use_strided: AtomicBool::new(use_strided),
         }))
     }
 
@@ -136,6 +141,17 @@ impl GpuContext {
         let on = on && self.info.subgroups;
         self.use_subgroups.store(on, Ordering::Relaxed);
         on
+    }
+
+    /// Whether one token's matrix products stride over groups of 4 values (`main_strided`,
+    /// pipeline keys `matvec4_*`) rather than over blocks (`main`).
+    pub fn strided(&self) -> bool {
+        self.use_strided.load(Ordering::Relaxed)
+    }
+
+    /// Chooses `main_strided` or `main` for the matrices recorded from now on.
+    pub fn set_strided(&self, on: bool) {
+        self.use_strided.store(on, Ordering::Relaxed);
     }
 
     /// Whether attention rounds Q to f16 and reads K as f16 (pipeline key `attention_f16`).

@@ -103,7 +103,8 @@ impl GpuMatrix {
     }
 
     /// `y[t][r] (+)= W[r] · x[t]`, one dispatch per part; rows of y are `n_rows` apart. One
-    /// workgroup per (row, token), or with `tiled` (the batch's `step` uniform) per (row, tile
+    /// workgroup per (row, token) (threads over blocks, or over groups of 4 values where
+    /// [`GpuContext::strided`]), or with `tiled` (the batch's `step` uniform) per (row, tile
     /// of [`TILE`] tokens), reading each weight once for the tile (prefill).
     pub fn dispatches(
         &self,
@@ -115,9 +116,10 @@ impl GpuMatrix {
     ) -> Result<Vec<MatvecDispatch>> {
         let (sg, source) =
             shaders::matvec_variant(self.ty, ctx.subgroups()).expect("checked at upload");
-        let (name, entry) = match tiled {
-            Some(_) => (format!("matmat_{}{sg}", self.ty.name()), "main_tiled"),
-            None => (format!("matvec_{}{sg}", self.ty.name()), "main"),
+        let (name, entry) = match (tiled, ctx.strided()) {
+            (Some(_), _) => (format!("matmat_{}{sg}", self.ty.name()), "main_tiled"),
+            (None, true) => (format!("matvec4_{}{sg}", self.ty.name()), "main_strided"),
+            (None, false) => (format!("matvec_{}{sg}", self.ty.name()), "main"),
         };
         let pipeline = ctx.pipeline(&name, &source, entry)?;
         self.parts

@@ -135,6 +135,11 @@ pub fn all_modules() -> Vec<(String, String, &'static str)> {
     for (t, _) in MATVEC_TYPES {
         let source = matvec_source(*t).unwrap();
         v.push((format!("matmat_{}", t.name()), source.clone(), "main_tiled"));
+        v.push((
+            format!("matvec4_{}", t.name()),
+            source.clone(),
+            "main_strided",
+        ));
         v.push((format!("matmat_ids_{}", t.name()), source, "main_ids_tiled"));
     }
     v.push(("quantize".into(), QUANTIZE.into(), "q8_k"));

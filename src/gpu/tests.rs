@@ -169,10 +169,17 @@ fn matmul_subgroup_variant_and_fallback_match_cpu() {
             let mut cpu = vec![0f32; n_tok * n_rows];
             matmul(&view("w", ty, n_rows, n_cols, &bytes), &x, n_tok, &mut cpu);
             let m = ops.upload_matrix(ty, n_rows, n_cols, &bytes).unwrap();
+            // Threads over blocks (`main`), then over groups of 4 values (`main_strided`).
+            ctx.set_strided(false);
             let gpu = ops.matmul(&m, &x, n_tok).unwrap();
+            ctx.set_strided(true);
             let e = nmse(&gpu, &cpu);
             assert!(e < NMSE, "{} subgroups {sg}: nmse {e}", ty.name());
             let key = format!("matvec_{}{}", ty.name(), if sg { "_sg" } else { "" });
+            assert!(ctx.pipelines.lock().unwrap().contains_key(&key), "{key}");
+            let e = nmse(&ops.matmul(&m, &x, n_tok).unwrap(), &cpu);
+            assert!(e < NMSE, "strided {} subgroups {sg}: nmse {e}", ty.name());
+            let key = format!("matvec4_{}{}", ty.name(), if sg { "_sg" } else { "" });
             assert!(ctx.pipelines.lock().unwrap().contains_key(&key), "{key}");
             // The tiled (prefill) product: whole tiles of 8 tokens, partial ones, one token.
             for n_tok in [1, 2, 8, 9, 19] {

@@ -24,6 +24,8 @@ pub struct ModelInfo {
     pub architecture: String,
     pub name: Option<String>,
     pub n_tensors: usize,
+    /// Where the tensor data start (the header, metadata and tensor infos come before).
+    pub data_offset: u64,
     /// Every weight in the file.
     pub n_params: u64,
     /// Weights one token reads: all dense tensors plus `expert_used_count / expert_count` of the
@@ -171,6 +173,7 @@ impl ModelInfo {
             gguf_version: h.version,
             name: h.get_str("general.name")?.map(str::to_string),
             n_tensors: h.tensors.len(),
+            data_offset: h.data_offset,
             n_params,
             n_params_active,
             n_layer,
