@@ -10,7 +10,8 @@
 // x[z / x_div] is the input (x_div = experts per token for gate/up, 1 for down).
 // With `accumulate` the product is added to y (a residual) instead of stored.
 //
-// `main_strided` (one token; the default, DSRUN_GPU_DECODE=block takes `main`): `main`'s grid,
+// `main_strided` and `main_ids_strided` (one token; the default, DSRUN_GPU_DECODE=block takes
+// `main` and `main_ids`): their grids,
 // the threads striding over groups of 4 values as `main_tiled` does, so a row of few big blocks
 // keeps all 64 busy (over blocks, a Q4_K row of 1536 values occupies 6 threads) and neighbouring
 // threads read neighbouring bytes.
@@ -99,6 +100,17 @@ fn x4(r: u32, c: u32) -> vec4<f32> {
     return vec4<f32>(x[i], x[i + 1u], x[i + 2u], x[i + 3u]);
 }
 
+// The dot of weight row w_row with x row r, the threads over groups of 4 values.
+fn row_dot4(w_row: u32, r: u32, lid: u32) -> f32 {
+    let per_block = BLOCK / 4u;
+    let nb = params.n_cols / BLOCK;
+    var acc = 0.0;
+    for (var g = lid; g < params.n_cols / 4u; g += WG) {
+        acc += dot(dequant4(w_row * nb + g / per_block, g % per_block), x4(r, 4u * g));
+    }
+    return wg_sum(lid, acc);
+}
+
 @compute @workgroup_size(64)
 fn main_strided(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let row = wid.y * params.rows_per_y + wid.x;
@@ -106,15 +118,22 @@ fn main_strided(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
     if (row >= params.n_rows) {
         return;
     }
-    let per_block = BLOCK / 4u;
-    let nb = params.n_cols / BLOCK;
-    var acc = 0.0;
-    for (var g = lid.x; g < params.n_cols / 4u; g += WG) {
-        acc += dot(dequant4(row * nb + g / per_block, g % per_block), x4(tok, 4u * g));
-    }
-    let total = wg_sum(lid.x, acc);
+    let total = row_dot4(row, tok, lid.x);
     if (lid.x == 0u) {
         store(tok * params.y_stride + params.y_off + row, total);
+    }
+}
+
+@compute @workgroup_size(64)
+fn main_ids_strided(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let row = wid.y * params.rows_per_y + wid.x;
+    let z = wid.z;
+    if (row >= params.n_rows) {
+        return;
+    }
+    let total = row_dot4(ids[z] * params.n_rows + row, z / params.x_div, lid.x);
+    if (lid.x == 0u) {
+        store(z * params.y_stride + row, total);
     }
 }
 

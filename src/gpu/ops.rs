@@ -203,8 +203,9 @@ impl GpuMatrix {
         };
         let (sg, source) =
             shaders::matvec_variant(self.ty, ctx.subgroups()).expect("checked at upload");
-        let (kind, entry) = match pairs.len() {
-            1 => ("matvec_ids", "main_ids"),
+        let (kind, entry) = match (pairs.len(), ctx.strided()) {
+            (1, true) => ("matvec4_ids", "main_ids_strided"),
+            (1, false) => ("matvec_ids", "main_ids"),
             _ => ("matmat_ids", "main_ids_tiled"),
         };
         let name = format!("{kind}_{}{sg}", self.ty.name());

@@ -424,12 +424,30 @@ fn tiled_expert_products_match_cpu() {
     }
 }
 
+/// Threads over blocks (`main_ids`) and over groups of 4 values (`main_ids_strided`).
 #[test]
 fn expert_products_read_the_expert_from_a_buffer() {
-    let Some(ctx) = ctx() else { return };
+    if ctx().is_none() {
+        return;
+    }
+    // A context of its own: the choice applies to what is recorded after it.
+    let own = GpuContext::new()
+        .unwrap()
+        .expect("an adapter, as ctx() found");
+    let ctx = &own;
     let ops = GpuOps::new(ctx);
     let mut rng = Rng::new(9);
-    for ty in [GgmlType::Q8_0, GgmlType::Q4K, GgmlType::F16] {
+    for (strided, ty) in [false, true].into_iter().flat_map(|s| {
+        [
+            GgmlType::Q8_0,
+            GgmlType::Q4K,
+            GgmlType::F16,
+            GgmlType::Mxfp4,
+        ]
+        .into_iter()
+        .map(move |t| (s, t))
+    }) {
+        ctx.set_strided(strided);
         let (n_expert, rows, k, n_tok) = (6, 40 + rng.below(50), 3, 1 + rng.below(3));
         let n_cols = 256 * (1 + rng.below(2));
         let bytes = random_weights(&mut rng, ty, n_expert * rows, n_cols);
@@ -458,7 +476,7 @@ fn expert_products_read_the_expert_from_a_buffer() {
             );
         }
         let err = nmse(&gpu, &cpu);
-        assert!(err < NMSE, "{}: nmse {err}", ty.name());
+        assert!(err < NMSE, "{} strided {strided}: nmse {err}", ty.name());
     }
 }
 
