@@ -509,9 +509,10 @@ impl<'c> GpuOps<'c> {
                 "GPU rms_norm: rows and weight disagree".into(),
             ));
         }
+        let (sg, src) = shaders::norm_variant(self.ctx.subgroups());
         let pipeline = self
             .ctx
-            .pipeline("rms_norm", &shaders::norm_source(), "rms_norm")?;
+            .pipeline(&format!("rms_norm{sg}"), &src, "rms_norm")?;
         let xb = self.ctx.storage("x", bytemuck::cast_slice(x))?;
         let wb = self.ctx.storage("w", bytemuck::cast_slice(w))?;
         let params = self.ctx.uniform(&NormParams {
@@ -537,9 +538,10 @@ impl<'c> GpuOps<'c> {
                 "GPU softmax: rows do not divide the data".into(),
             ));
         }
+        let (sg, src) = shaders::softmax_variant(self.ctx.subgroups());
         let pipeline = self
             .ctx
-            .pipeline("softmax", &shaders::softmax_source(), "softmax")?;
+            .pipeline(&format!("softmax{sg}"), &src, "softmax")?;
         let xb = self.ctx.storage("x", bytemuck::cast_slice(x))?;
         let params = self.ctx.uniform(&SoftmaxParams {
             n: u32s(n, "row length")?,

@@ -345,7 +345,8 @@ impl Builder<'_> {
         src: &wgpu::Buffer,
         entry: &str,
     ) -> Result<Dispatch> {
-        let p = self.pipe(entry, &shaders::norm_source(), entry)?;
+        let (sg, source) = shaders::norm_variant(self.ctx.subgroups());
+        let p = self.pipe(&format!("{entry}{sg}"), &source, entry)?;
         let params = self.ctx.uniform(&NormParams {
             n: u32s(self.hp.n_embd, "width")?,
             eps: self.hp.rms_eps,
@@ -475,7 +476,7 @@ impl Builder<'_> {
             has_sinks: l.sinks.is_some() as u32,
             _pad: [0; 2],
         });
-        let (f16, src) = shaders::attention_variant(ctx.f16());
+        let (f16, src) = shaders::attention_variant(ctx.f16(), ctx.subgroups());
         let p = self.pipe(&format!("kv_store{f16}"), &src, "kv_store")?;
         w.push(self.d(
             p,
@@ -524,7 +525,8 @@ impl Builder<'_> {
         }
         for (norm, buf, width) in [(&l.q_norm, &a.q, qd), (&l.k_norm, &a.k, kvd)] {
             if let Some((nw, len)) = norm {
-                let p = self.pipe("rms_norm", &shaders::norm_source(), "rms_norm")?;
+                let (sg, src) = shaders::norm_variant(ctx.subgroups());
+                let p = self.pipe(&format!("rms_norm{sg}"), &src, "rms_norm")?;
                 let params = ctx.uniform(&NormParams {
                     n: u32s(*len, "norm width")?,
                     eps: hp.rms_eps,

@@ -45,27 +45,35 @@ pub fn matvec_source(ty: GgmlType) -> Option<String> {
     matvec_variant(ty, false).map(|(_, s)| s)
 }
 
+/// The shared reductions: subgroup operations (`subgroups`, where the adapter offers them;
+/// pipeline key suffix `_sg`) or workgroup memory alone.
+fn reduce(subgroups: bool) -> (&'static str, &'static str) {
+    match subgroups {
+        true => ("_sg", REDUCE_SUBGROUP),
+        false => ("", REDUCE),
+    }
+}
+
 /// The matrix product for `ty` with its rows summed by subgroup operations (`subgroups`) or by
 /// workgroup memory alone: (pipeline key suffix, source).
 pub fn matvec_variant(ty: GgmlType, subgroups: bool) -> Option<(&'static str, String)> {
-    let (suffix, reduce) = match subgroups {
-        true => ("_sg", REDUCE_SUBGROUP),
-        false => ("", REDUCE),
-    };
+    let (suffix, reduce) = reduce(subgroups);
     MATVEC_TYPES
         .iter()
         .find(|(t, _)| *t == ty)
         .map(|(_, snippet)| (suffix, format!("{snippet}\n{reduce}\n{MATVEC}")))
 }
 
-/// RMS norm: `norm.wgsl` after the shared reductions.
-pub fn norm_source() -> String {
-    format!("{REDUCE}\n{NORM}")
+/// RMS norm: `norm.wgsl` after the shared reductions: (pipeline key suffix, source).
+pub fn norm_variant(subgroups: bool) -> (&'static str, String) {
+    let (sg, r) = reduce(subgroups);
+    (sg, format!("{r}\n{NORM}"))
 }
 
-/// Softmax: `softmax.wgsl` after the shared reductions.
-pub fn softmax_source() -> String {
-    format!("{REDUCE}\n{SOFTMAX}")
+/// Softmax: `softmax.wgsl` after the shared reductions: (pipeline key suffix, source).
+pub fn softmax_variant(subgroups: bool) -> (&'static str, String) {
+    let (sg, r) = reduce(subgroups);
+    (sg, format!("{r}\n{SOFTMAX}"))
 }
 
 /// RoPE: `rope.wgsl` after the angles of `rope_fn.wgsl`.
@@ -74,26 +82,26 @@ pub fn rope_source() -> String {
 }
 
 /// Windowed attention (`--kv-window`, sinks, the KV summary): `attention_stream.wgsl` after the
-/// shared reductions, RoPE's angles and the summary's stochastic rounding.
-pub fn attention_stream_source() -> String {
-    format!("{REDUCE}\n{ROPE_FN}\n{SUMMARY_ROUND}\n{ATTENTION_STREAM}")
+/// shared reductions, RoPE's angles and the summary's stochastic rounding: (pipeline key
+/// suffix, source).
+pub fn attention_stream_variant(subgroups: bool) -> (&'static str, String) {
+    let (sg, r) = reduce(subgroups);
+    (
+        sg,
+        format!("{r}\n{ROPE_FN}\n{SUMMARY_ROUND}\n{ATTENTION_STREAM}"),
+    )
 }
 
-/// Attention and the KV cache store: `attention.wgsl` after the shared reductions and the f32
-/// Q·K dot.
-pub fn attention_source() -> String {
-    attention_variant(false).1
-}
-
-/// Attention with the Q·K dot in f16 (`f16`: needs the adapter's shader-f16) or f32: (pipeline
-/// key suffix, source).
-pub fn attention_variant(f16: bool) -> (&'static str, String) {
+/// Attention and the KV cache store with the Q·K dot in f16 (`f16`: needs the adapter's
+/// shader-f16) or f32, after the shared reductions: (pipeline key suffix, source).
+pub fn attention_variant(f16: bool, subgroups: bool) -> (String, String) {
+    let (sg, r) = reduce(subgroups);
     match f16 {
         true => (
-            "_f16",
-            format!("enable f16;\n{REDUCE}\n{ATTENTION_KQ_F16}\n{ATTENTION}"),
+            format!("_f16{sg}"),
+            format!("enable f16;\n{r}\n{ATTENTION_KQ_F16}\n{ATTENTION}"),
         ),
-        false => ("", format!("{REDUCE}\n{ATTENTION_KQ}\n{ATTENTION}")),
+        false => (sg.to_string(), format!("{r}\n{ATTENTION_KQ}\n{ATTENTION}")),
     }
 }
 
@@ -113,22 +121,20 @@ pub fn all_modules() -> Vec<(String, String, &'static str)> {
         let (_, source) = matvec_variant(*t, true).unwrap();
         v.push((format!("matvec_{}_sg", t.name()), source, "main"));
     }
-    v.push(("norm".into(), norm_source(), "rms_norm"));
-    v.push(("softmax".into(), softmax_source(), "softmax"));
-    v.push(("rope".into(), rope_source(), "rope"));
-    for entry in ["stream_store", "absorb", "attention_stream"] {
-        v.push((
-            format!("attention_stream {entry}"),
-            attention_stream_source(),
-            entry,
-        ));
+    for sg in [false, true] {
+        let name = |base: &str| format!("{base}{}", reduce(sg).0);
+        v.push((name("norm"), norm_variant(sg).1, "rms_norm"));
+        v.push((name("softmax"), softmax_variant(sg).1, "softmax"));
+        for entry in ["stream_store", "absorb", "attention_stream"] {
+            let src = attention_stream_variant(sg).1;
+            v.push((name(&format!("attention_stream {entry}")), src, entry));
+        }
+        for f16 in [false, true] {
+            let (key, src) = attention_variant(f16, sg);
+            v.push((format!("attention{key}"), src, "attention"));
+        }
     }
-    v.push(("attention".into(), attention_source(), "attention"));
-    v.push((
-        "attention_f16".into(),
-        attention_variant(true).1,
-        "attention",
-    ));
+    v.push(("rope".into(), rope_source(), "rope"));
     v.push(("elementwise".into(), ELEMENTWISE.into(), "glu"));
     v.push(("moe".into(), MOE.into(), "route"));
     v.push(("moe_group".into(), MOE.into(), "group"));
@@ -139,6 +145,11 @@ pub fn all_modules() -> Vec<(String, String, &'static str)> {
             format!("matvec4_{}", t.name()),
             source.clone(),
             "main_strided",
+        ));
+        v.push((
+            format!("matvec4_ids_{}", t.name()),
+            source.clone(),
+            "main_ids_strided",
         ));
         v.push((format!("matmat_ids_{}", t.name()), source, "main_ids_tiled"));
     }

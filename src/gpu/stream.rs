@@ -256,11 +256,11 @@ impl StreamLayerGpu {
                 ctx, buf, heads, hd, &self.rope, pos_max, a.step, &factors,
             )?);
         }
-        let src = shaders::attention_stream_source();
+        let (sg, src) = shaders::attention_stream_variant(ctx.subgroups());
         let p = &self.params;
         let rope_u = ctx.uniform(&RopeUniform::new(n_head_kv, hd, &self.rope)?);
         w.push(d(
-            "stream_store",
+            &format!("stream_store{sg}"),
             &src,
             "stream_store",
             &[
@@ -276,7 +276,7 @@ impl StreamLayerGpu {
         )?);
         if self.n_slot > 0 {
             w.push(d(
-                "stream_absorb",
+                &format!("stream_absorb{sg}"),
                 &src,
                 "absorb",
                 &[
@@ -295,7 +295,7 @@ impl StreamLayerGpu {
             )?);
         }
         w.push(d(
-            "stream_attention",
+            &format!("stream_attention{sg}"),
             &src,
             "attention_stream",
             &[

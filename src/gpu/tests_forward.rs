@@ -141,15 +141,17 @@ fn kv_store_and_attention_match_cpu() {
     let Some(ctx) = ctx() else { return };
     let mut rng = Rng::new(5);
     // The f32 variant against the CPU; the f16 one (where offered) against the CPU given Q
-    // rounded to f16, which is all it changes.
-    for (f16, case) in [false, true]
+    // rounded to f16, which is all it changes; each with subgroup reductions (where offered)
+    // and without.
+    let variants = [(false, false), (false, true), (true, false), (true, true)];
+    for ((f16, sg), case) in variants
         .into_iter()
-        .flat_map(|f| (0..6).map(move |c| (f, c)))
+        .flat_map(|v| (0..6).map(move |c| (v, c)))
     {
-        if f16 && !ctx.info.shader_f16 {
+        if (f16 && !ctx.info.shader_f16) || (sg && !ctx.info.subgroups) {
             continue;
         }
-        let (suffix, src) = shaders::attention_variant(f16);
+        let (suffix, src) = shaders::attention_variant(f16, sg);
         let n_head_kv = 1 + rng.below(3);
         let n_head = n_head_kv * (1 + rng.below(3));
         let hd = [32, 64, 80, 128, 256][rng.below(5)];
@@ -517,21 +519,24 @@ fn norms_into_another_buffer_and_of_the_last_row() {
         eps: 1e-5,
         _pad: [0; 2],
     });
-    let src = shaders::norm_source();
-    run(
-        ctx,
-        ("rms_norm_to", &src, "rms_norm_to"),
-        &[(0, &dst), (1, &wb), (2, &params), (3, &xb)],
-        (rows as u32, 1, 1),
-    );
-    assert!(nmse(&read(ctx, &dst, x.len()), &cpu) < NMSE);
-    let last = ctx.zeroed("last", (n * 4) as u64).unwrap();
-    let st = step(ctx, rows, 0);
-    run(
-        ctx,
-        ("rms_norm_last", &src, "rms_norm_last"),
-        &[(0, &last), (1, &wb), (2, &params), (3, &xb), (4, &st)],
-        (1, 1, 1),
-    );
-    assert!(nmse(&read(ctx, &last, n), &cpu[(rows - 1) * n..]) < NMSE);
+    for sg in [false, ctx.info.subgroups] {
+        let (suffix, src) = shaders::norm_variant(sg);
+        run(
+            ctx,
+            (&format!("rms_norm_to{suffix}"), &src, "rms_norm_to"),
+            &[(0, &dst), (1, &wb), (2, &params), (3, &xb)],
+            (rows as u32, 1, 1),
+        );
+        assert!(nmse(&read(ctx, &dst, x.len()), &cpu) < NMSE, "sg {sg}");
+        let last = ctx.zeroed("last", (n * 4) as u64).unwrap();
+        let st = step(ctx, rows, 0);
+        run(
+            ctx,
+            (&format!("rms_norm_last{suffix}"), &src, "rms_norm_last"),
+            &[(0, &last), (1, &wb), (2, &params), (3, &xb), (4, &st)],
+            (1, 1, 1),
+        );
+        let e = nmse(&read(ctx, &last, n), &cpu[(rows - 1) * n..]);
+        assert!(e < NMSE, "sg {sg}: {e}");
+    }
 }

@@ -212,7 +212,19 @@ fn rope(kind: RopeKind, n_rot: usize, yarn: bool) -> RopeParams {
 /// that a last-place difference in `mean + (x - mean) / count` turns the other way.
 #[test]
 fn windowed_attention_matches_cpu() {
-    let Some(ctx) = ctx() else { return };
+    let Some(shared) = ctx() else { return };
+    // The shared context takes subgroup reductions where offered; a context of its own, the
+    // workgroup-memory ones.
+    let own = GpuContext::new()
+        .unwrap()
+        .expect("an adapter, as ctx() found");
+    own.set_subgroups(false);
+    for ctx in [shared, &own] {
+        cases(ctx);
+    }
+}
+
+fn cases(ctx: &GpuContext) {
     let mut rng = Rng::new(21);
     let assigns = |rng: &mut Rng, case: usize, h: usize, m: usize, hd: usize| -> Assign {
         match case % 3 {
@@ -253,8 +265,9 @@ fn windowed_attention_matches_cpu() {
         };
         let (e, share) = run_case(ctx, &c, case as u64);
         let what = format!(
-            "case {case}: {n_head_kv} KV heads × {} of {hd}, W {window} S {sinks} M {n_slot} \
+            "subgroups {}, case {case}: {n_head_kv} KV heads × {} of {hd}, W {window} S {sinks} M {n_slot} \
              {:?} {:?}, batches {:?}",
+            ctx.subgroups(),
             c.group,
             c.cfg.sink_pos,
             c.cfg
