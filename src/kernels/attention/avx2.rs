@@ -143,7 +143,9 @@ unsafe fn values_pass<const V: usize>(
     o: &mut [f32],
 ) {
     let vp = v.as_ptr();
-    let mut acc = [_mm256_setzero_ps(); V];
+    // SAFETY: c0 + 8 * V <= hd = o.len().
+    let mut acc: [__m256; V] =
+        std::array::from_fn(|i| unsafe { _mm256_loadu_ps(o.as_ptr().add(c0 + 8 * i)) });
     for (j, &pj) in p.iter().enumerate() {
         let pv = _mm256_set1_ps(pj);
         for (i, a) in acc.iter_mut().enumerate() {

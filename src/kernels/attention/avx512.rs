@@ -49,7 +49,9 @@ unsafe fn values_pass<const V: usize>(
     o: &mut [f32],
 ) {
     let vp = v.as_ptr();
-    let mut acc = [_mm512_setzero_ps(); V];
+    // SAFETY: c0 + 16 * V <= hd = o.len().
+    let mut acc: [__m512; V] =
+        std::array::from_fn(|i| unsafe { _mm512_loadu_ps(o.as_ptr().add(c0 + 16 * i)) });
     for (j, &pj) in p.iter().enumerate() {
         let pv = _mm512_set1_ps(pj);
         for (i, a) in acc.iter_mut().enumerate() {

@@ -101,7 +101,7 @@ unsafe fn scores_pair_avx512(
     }
 }
 
-/// `o[h] = sum_j p[h][j] * v_rows[j]` for `Q` heads (2 or 4) sharing the value rows, as
+/// `o[h] += sum_j p[h][j] * v_rows[j]` for `Q` heads (2 or 4) sharing the value rows, as
 /// [`super::plain::values`] computes each. `o` is the `Q` heads' outputs, head after head.
 pub(super) fn values_group<const Q: usize>(
     p: [&[f32]; Q],
@@ -173,7 +173,10 @@ unsafe fn values_pass<const Q: usize, const V: usize>(
 ) {
     let hd = o.len() / Q;
     let vp = v.as_ptr();
-    let mut acc = [[_mm512_setzero_ps(); V]; Q];
+    // SAFETY: h * hd + c0 + 16 * V <= Q * hd = o.len().
+    let mut acc: [[__m512; V]; Q] = std::array::from_fn(|h| {
+        std::array::from_fn(|i| unsafe { _mm512_loadu_ps(o.as_ptr().add(h * hd + c0 + 16 * i)) })
+    });
     #[allow(clippy::needless_range_loop)] // j indexes every head's probabilities
     for j in 0..p[0].len() {
         let mut x = [_mm512_setzero_ps(); V];

@@ -91,7 +91,8 @@ struct Kernels {
     /// `s[j] = dot_seq(q, k_rows[lo + j]) * scale`; `k` starts at the first key's row (with the
     /// head's offset), rows `stride` apart.
     scores: fn(q: &[f32], k: &[f32], stride: usize, scale: f32, s: &mut [f32]),
-    /// `o = sum_j p[j] * v_rows[j]`, keys in order; `v` as `k` above.
+    /// `o += sum_j p[j] * v_rows[j]`, keys in order; `v` as `k` above. Accumulating lets a
+    /// caller split the keys into blocks: the same operations in the same order as one pass.
     values: fn(p: &[f32], v: &[f32], stride: usize, o: &mut [f32]),
     /// Softmax of a score row in place (`softmax_lanes`: the same values at every level).
     softmax: fn(&mut [f32]),
@@ -159,6 +160,7 @@ pub fn attention_at(level: SimdLevel, inp: &AttnInput<'_>, out: &mut [f32]) {
         s.clear();
         s.resize(pos + 1 - lo, 0.0);
         (kern.scores)(q, &inp.k[off..], kv_dim, inp.scale, s);
+        o.fill(0.0);
         if let Some(sinks) = inp.sinks {
             s.push(sinks[head]);
             (kern.softmax)(s);
@@ -175,23 +177,25 @@ pub fn attention_at(level: SimdLevel, inp: &AttnInput<'_>, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if group >= 2 && level >= SimdLevel::Avx512Vnni && level.is_available() && hd.is_multiple_of(16)
     {
-        // One task per (token, key/value head): the group's heads share each key and value
-        // row (`group.rs`).
-        let chunk = group * hd;
-        let task = |s: &mut Vec<f32>, (idx, o): (usize, &mut [f32])| grouped(inp, kern, s, idx, o);
+        // Tiles of tokens (`grouped_tile`): within one, each block of keys and values is read
+        // from memory once for every head and token of the tile.
+        let tile = tile_tokens(inp, group);
+        let chunk = tile * q_dim;
+        let task = |s: &mut Vec<f32>, t0: usize, o: &mut [f32]| grouped_tile(inp, kern, s, t0, o);
         if serial {
             let mut s = Vec::new();
-            out.chunks_exact_mut(chunk)
-                .enumerate()
-                .for_each(|item| task(&mut s, item));
+            for (i, o) in out.chunks_mut(chunk).enumerate() {
+                task(&mut s, i * tile, o);
+            }
         } else {
-            let per_task = (out.len() / chunk)
+            let per_task = n_tok
+                .div_ceil(tile)
                 .div_ceil(crate::pool::threads() * 8)
                 .max(1);
             crate::pool::for_each_chunk_mut(out, per_task * chunk, |c, o| {
                 let mut s = Vec::new();
-                for (i, oi) in o.chunks_exact_mut(chunk).enumerate() {
-                    task(&mut s, (c * per_task + i, oi));
+                for (i, oi) in o.chunks_mut(chunk).enumerate() {
+                    task(&mut s, (c * per_task + i) * tile, oi);
                 }
             });
         }
@@ -215,63 +219,122 @@ pub fn attention_at(level: SimdLevel, inp: &AttnInput<'_>, out: &mut [f32]) {
     }
 }
 
-/// The heads of key/value head `idx % n_head_kv` for token `idx / n_head_kv` into `o`
-/// (`group` heads, head after head): scores two heads at a time, each head's softmax, then
-/// values four (or two) heads at a time; an odd head through the per-head kernels. `s` is
-/// scratch for the scores, one row of `n_keys + 1` per head (the last for a sink).
+/// Tokens per tile of [`grouped_tile`]: up to 8, fewer where the tile's score rows (one per
+/// head and token, as long as the context) would pass 8 MiB.
 #[cfg(target_arch = "x86_64")]
-fn grouped(inp: &AttnInput<'_>, kern: Kernels, s: &mut Vec<f32>, idx: usize, o: &mut [f32]) {
+fn tile_tokens(inp: &AttnInput<'_>, group: usize) -> usize {
+    let row = inp.pos0 + inp.n_tok() + 1;
+    ((2 << 20) / (group * row)).clamp(1, 8)
+}
+
+/// Keys per block in [`grouped_tile`]: a block of one head's keys or values (256 rows of up to
+/// 256 floats) stays in the core's L2 while every head and token of the tile uses it.
+#[cfg(target_arch = "x86_64")]
+const KEY_BLOCK: usize = 256;
+
+/// Every head of the tokens `t0..t0 + o.len() / q_dim` into `o`, one key/value head after the
+/// other: scores two heads at a time, block of keys by block of keys for every token of the
+/// tile, each (token, head)'s softmax over its whole row, then the value sums, again block by
+/// block, four (or two) heads at a time; an odd head through the per-head kernels. A score or
+/// an output element sees the same operations in the same order as without tiles: tiling only
+/// changes which work runs next to which, so each key and value row is read from memory once
+/// per tile and not once per token (at 32K tokens one head's keys are 8 MiB: a per-token pass
+/// streamed them from L3 or memory). `s` is scratch for the scores, one row of `n_keys + 1`
+/// per (token, head), the last for a sink.
+#[cfg(target_arch = "x86_64")]
+fn grouped_tile(inp: &AttnInput<'_>, kern: Kernels, s: &mut Vec<f32>, t0: usize, o: &mut [f32]) {
     let hd = inp.head_dim;
     let (q_dim, kv_dim) = (inp.n_head * hd, inp.n_head_kv * hd);
     let group = inp.n_head / inp.n_head_kv;
-    let (t, kvh) = (idx / inp.n_head_kv, idx % inp.n_head_kv);
-    let pos = inp.pos0 + t;
-    let lo = inp.window.map_or(0, |w| (pos + 1).saturating_sub(w));
-    let n = pos + 1 - lo;
-    let off = lo * kv_dim + kvh * hd;
-    let (k, v) = (&inp.k[off..], &inp.v[off..]);
-    let head0 = kvh * group;
-    let q = |h: usize| &inp.q[t * q_dim + (head0 + h) * hd..][..hd];
-    let row = n + 1;
-    s.clear();
-    s.resize(group * row, 0.0);
-    let mut rows: Vec<&mut [f32]> = s.chunks_exact_mut(row).collect();
-    let mut h = 0;
-    while h < group {
-        if h + 1 < group {
-            let (a, b) = rows[h..h + 2].split_at_mut(1);
-            let pair = (&mut a[0][..n], &mut b[0][..n]);
-            group::scores_pair((q(h), q(h + 1)), k, kv_dim, inp.scale, pair);
-            h += 2;
-        } else {
-            (kern.scores)(q(h), k, kv_dim, inp.scale, &mut rows[h][..n]);
-            h += 1;
-        }
-    }
-    for (h, r) in rows.iter_mut().enumerate() {
-        match inp.sinks {
-            Some(sinks) => {
-                r[n] = sinks[head0 + h];
-                (kern.softmax)(r);
+    let nt = o.len() / q_dim;
+    // The keys token i of the tile sees: lo..end.
+    let span = |i: usize| {
+        let pos = inp.pos0 + t0 + i;
+        (
+            inp.window.map_or(0, |w| (pos + 1).saturating_sub(w)),
+            pos + 1,
+        )
+    };
+    let (first, last) = (span(0).0, span(nt - 1).1);
+    let row = last - first + 1;
+    o.fill(0.0);
+    for kvh in 0..inp.n_head_kv {
+        let head0 = kvh * group;
+        let q = |i: usize, h: usize| &inp.q[(t0 + i) * q_dim + (head0 + h) * hd..][..hd];
+        s.clear();
+        s.resize(nt * group * row, 0.0);
+        let mut rows: Vec<&mut [f32]> = s.chunks_exact_mut(row).collect();
+        let blocks = || {
+            (first..last)
+                .step_by(KEY_BLOCK)
+                .map(|b| (b, (b + KEY_BLOCK).min(last)))
+        };
+        // The keys a..b of block (b0, b1) that token i sees, if any.
+        let part = |i: usize, (b0, b1): (usize, usize)| {
+            let (lo, end) = span(i);
+            let (a, b) = (lo.max(b0), end.min(b1));
+            (a < b).then_some((a, b, lo))
+        };
+        for blk in blocks() {
+            for i in 0..nt {
+                let Some((a, b, lo)) = part(i, blk) else {
+                    continue;
+                };
+                let k = &inp.k[a * kv_dim + kvh * hd..];
+                let r = &mut rows[i * group..(i + 1) * group];
+                let mut h = 0;
+                while h < group {
+                    if h + 1 < group {
+                        let (x, y) = r[h..h + 2].split_at_mut(1);
+                        let pair = (&mut x[0][a - lo..b - lo], &mut y[0][a - lo..b - lo]);
+                        group::scores_pair((q(i, h), q(i, h + 1)), k, kv_dim, inp.scale, pair);
+                        h += 2;
+                    } else {
+                        (kern.scores)(q(i, h), k, kv_dim, inp.scale, &mut r[h][a - lo..b - lo]);
+                        h += 1;
+                    }
+                }
             }
-            None => (kern.softmax)(&mut r[..n]),
         }
-    }
-    let mut h = 0;
-    while h < group {
-        let left = group - h;
-        let o = &mut o[h * hd..];
-        if left >= 4 {
-            let p = [0, 1, 2, 3].map(|i| &rows[h + i][..n]);
-            group::values_group::<4>(p, v, kv_dim, &mut o[..4 * hd]);
-            h += 4;
-        } else if left >= 2 {
-            let p = [0, 1].map(|i| &rows[h + i][..n]);
-            group::values_group::<2>(p, v, kv_dim, &mut o[..2 * hd]);
-            h += 2;
-        } else {
-            (kern.values)(&rows[h][..n], v, kv_dim, &mut o[..hd]);
-            h += 1;
+        for i in 0..nt {
+            let (lo, end) = span(i);
+            let n = end - lo;
+            for h in 0..group {
+                let r = &mut rows[i * group + h];
+                match inp.sinks {
+                    Some(sinks) => {
+                        r[n] = sinks[head0 + h];
+                        (kern.softmax)(&mut r[..=n]);
+                    }
+                    None => (kern.softmax)(&mut r[..n]),
+                }
+            }
+        }
+        for blk in blocks() {
+            for i in 0..nt {
+                let Some((a, b, lo)) = part(i, blk) else {
+                    continue;
+                };
+                let v = &inp.v[a * kv_dim + kvh * hd..];
+                let p = |h: usize| &rows[i * group + h][a - lo..b - lo];
+                let o = &mut o[i * q_dim + head0 * hd..][..group * hd];
+                let mut h = 0;
+                while h < group {
+                    let left = group - h;
+                    let o = &mut o[h * hd..];
+                    if left >= 4 {
+                        let ps = [0, 1, 2, 3].map(|x| p(h + x));
+                        group::values_group::<4>(ps, v, kv_dim, &mut o[..4 * hd]);
+                        h += 4;
+                    } else if left >= 2 {
+                        group::values_group::<2>([p(h), p(h + 1)], v, kv_dim, &mut o[..2 * hd]);
+                        h += 2;
+                    } else {
+                        (kern.values)(p(h), v, kv_dim, &mut o[..hd]);
+                        h += 1;
+                    }
+                }
+            }
         }
     }
 }

@@ -19,9 +19,10 @@ pub(super) fn scores(q: &[f32], k: &[f32], stride: usize, scale: f32, s: &mut [f
     }
 }
 
+/// `o += sum_j p[j] * v_rows[j]`, keys in order (callers start from zeros, or from the sum
+/// over the keys before `p`'s: the same operations in the same order either way).
 pub(super) fn values(p: &[f32], v: &[f32], stride: usize, o: &mut [f32]) {
     let hd = o.len();
-    o.fill(0.0);
     for (j, &pj) in p.iter().enumerate() {
         for (a, &b) in o.iter_mut().zip(&v[j * stride..j * stride + hd]) {
             *a += pj * b;

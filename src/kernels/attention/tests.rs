@@ -79,6 +79,25 @@ const CASES: &[Case] = &[
         n: 70,
         window: Some(50),
     },
+    // Qwen2.5-0.5B's groups of seven heads (values four, two, then one at a time), past two
+    // blocks of keys, token tiles of eight and a last partial tile
+    Case {
+        n_head: 14,
+        n_head_kv: 2,
+        head_dim: 64,
+        pos0: 600,
+        n: 21,
+        window: None,
+    },
+    // a window whose edge moves through a block of keys inside a tile
+    Case {
+        n_head: 6,
+        n_head_kv: 2,
+        head_dim: 32,
+        pos0: 250,
+        n: 19,
+        window: Some(260),
+    },
     // head_dim 12: not a multiple of 8 (plain everywhere)
     Case {
         n_head: 2,
