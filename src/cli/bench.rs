@@ -1,15 +1,17 @@
 //! `dsrun bench`: prompt-processing and generation speed measured as llama-bench measures them —
 //! ppN evaluates N tokens from an empty cache in batches, tgN generates N tokens one at a time
 //! from an empty cache — each after one warm-up run, repeated `-r` times, reported as mean ± std
-//! tokens per second, as a markdown table or as JSON with llama-bench's field names.
+//! tokens per second, as a markdown table or as JSON with llama-bench's field names. With
+//! `-d D` (llama-bench's `--n-depth`) each test starts after D tokens already in the cache
+//! ("pp512 @ d8192"): the D tokens are evaluated once, untimed, and the cache is rewound to them
+//! before each run (windowed caches, which cannot rewind, evaluate them again, untimed).
 
 use super::common::MoeArgs;
 use super::CliError;
 use clap::Args;
 use dsrun::engine::{Model, Session};
 use dsrun::gguf::GgufFile;
-use dsrun::model::kv_window::StreamConfig;
-use dsrun::model::moe_select::{MoeConfig, MoeStats};
+use dsrun::model::moe_select::MoeStats;
 use dsrun::model::KvTypes;
 use dsrun::Error;
 use std::io::Write;
@@ -37,6 +39,15 @@ pub struct BenchArgs {
         default_value = "128"
     )]
     pub n_gen: Vec<usize>,
+    /// Tokens already in the cache when each test starts (comma-separated), as llama-bench's
+    /// `-d`: the speed at a long context
+    #[arg(
+        short = 'd',
+        long = "n-depth",
+        value_delimiter = ',',
+        default_value = "0"
+    )]
+    pub n_depth: Vec<usize>,
     /// Thread counts to test (comma-separated)
     #[arg(short = 't', long = "threads", value_delimiter = ',')]
     pub threads: Vec<usize>,
@@ -63,6 +74,7 @@ struct Result1 {
     threads: usize,
     n_prompt: usize,
     n_gen: usize,
+    n_depth: usize,
     samples_ns: Vec<u128>,
     /// Experts per token over the timed runs (MoE models).
     experts: MoeStats,
@@ -89,10 +101,14 @@ impl Result1 {
         (m, var.sqrt())
     }
     fn test_name(&self) -> String {
-        if self.n_gen == 0 {
+        let test = if self.n_gen == 0 {
             format!("pp{}", self.n_prompt)
         } else {
             format!("tg{}", self.n_gen)
+        };
+        match self.n_depth {
+            0 => test,
+            d => format!("{test} @ d{d}"),
         }
     }
 }
@@ -110,20 +126,25 @@ fn tokens(n: usize, n_vocab: usize, seed: u64) -> Vec<u32> {
         .collect()
 }
 
+/// One timed run on `s`: rewinds it to its first `depth` tokens (evaluating them again, untimed,
+/// where the cache cannot rewind), then times `n_prompt` tokens in batches or `n_gen` tokens one
+/// at a time.
 fn run_test(
-    model: &Model,
-    (moe, kv, stream): (&MoeConfig, KvTypes, &Option<StreamConfig>),
+    s: &mut Session,
     experts: &mut MoeStats,
-    n_ctx: usize,
-    batch: usize,
+    depth: usize,
     n_prompt: usize,
     n_gen: usize,
 ) -> Result<u128, Error> {
-    let mut s = Session::new(model, n_ctx, batch)?;
-    s.set_moe(moe.clone())?;
-    s.set_kv(kv, stream.clone())?;
+    let nv = s.model.hp.n_vocab;
+    s.truncate(depth);
+    if s.tokens.len() != depth {
+        s.clear();
+        if depth > 0 {
+            s.eval(&tokens(depth, nv, 3))?;
+        }
+    }
     s.moe.stats = std::mem::take(experts);
-    let nv = model.hp.n_vocab;
     let t0 = Instant::now();
     if n_prompt > 0 {
         s.eval(&tokens(n_prompt, nv, 7))?;
@@ -172,7 +193,9 @@ pub fn run(args: BenchArgs) -> Result<(), CliError> {
     let stream = args.kv.stream(&file, &model.hp)?;
     if let Some(c) = &stream {
         let longest = args.n_prompt.iter().chain(&args.n_gen).max().copied();
-        let line = super::kv::describe(&model.hp, longest.unwrap_or(0).max(1), kv, Some(c));
+        let deepest = args.n_depth.iter().max().copied().unwrap_or(0);
+        let n = (longest.unwrap_or(0) + deepest).max(1);
+        let line = super::kv::describe(&model.hp, n, kv, Some(c));
         eprintln!("dsrun bench: {line}");
     }
     let threads = if args.threads.is_empty() {
@@ -188,11 +211,13 @@ pub fn run(args: BenchArgs) -> Result<(), CliError> {
         .into());
     }
     let mut tests = Vec::new();
-    for &p in args.n_prompt.iter().filter(|&&p| p > 0) {
-        tests.push((p, 0));
-    }
-    for &n in args.n_gen.iter().filter(|&&n| n > 0) {
-        tests.push((0, n));
+    for &d in &args.n_depth {
+        for &p in args.n_prompt.iter().filter(|&&p| p > 0) {
+            tests.push((p, 0, d));
+        }
+        for &n in args.n_gen.iter().filter(|&&n| n > 0) {
+            tests.push((0, n, d));
+        }
     }
     let mut results = Vec::new();
     for &t in &threads {
@@ -200,38 +225,22 @@ pub fn run(args: BenchArgs) -> Result<(), CliError> {
             .num_threads(t.max(1))
             .build()
             .map_err(|e| Error::Invalid(format!("cannot start {t} threads: {e}")))?;
-        for &(p, n) in &tests {
-            let n_ctx = (p + n).max(1);
+        for &(p, n, d) in &tests {
             let mut experts = MoeStats::default();
             let samples = pool.install(|| -> Result<Vec<u128>, Error> {
-                let mut warm = MoeStats::default();
-                run_test(
-                    &model,
-                    (&moe, kv, &stream),
-                    &mut warm,
-                    n_ctx,
-                    args.batch_size,
-                    p,
-                    n,
-                )?;
+                let mut s = Session::new(&model, (d + p + n).max(1), args.batch_size)?;
+                s.set_moe(moe.clone())?;
+                s.set_kv(kv, stream.clone())?;
+                run_test(&mut s, &mut MoeStats::default(), d, p, n)?;
                 (0..args.reps.max(1))
-                    .map(|_| {
-                        run_test(
-                            &model,
-                            (&moe, kv, &stream),
-                            &mut experts,
-                            n_ctx,
-                            args.batch_size,
-                            p,
-                            n,
-                        )
-                    })
+                    .map(|_| run_test(&mut s, &mut experts, d, p, n))
                     .collect()
             })?;
             let r = Result1 {
                 threads: t,
                 n_prompt: p,
                 n_gen: n,
+                n_depth: d,
                 samples_ns: samples,
                 experts,
             };
@@ -280,6 +289,7 @@ pub fn run(args: BenchArgs) -> Result<(), CliError> {
                     "n_threads": r.threads,
                     "n_prompt": r.n_prompt,
                     "n_gen": r.n_gen,
+                    "n_depth": r.n_depth,
                     "avg_ns": mn as u64,
                     "stddev_ns": sn as u64,
                     "avg_ts": m,
