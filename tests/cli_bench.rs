@@ -6,28 +6,8 @@ use std::process::Command;
 
 #[test]
 fn bench_json_has_llama_bench_fields() {
-    let m = common::model(common::TINY_Q8);
-    let out = Command::new(env!("CARGO_BIN_EXE_dsrun"))
-        .args([
-            "bench",
-            "-m",
-            m.to_str().unwrap(),
-            "-p",
-            "16",
-            "-n",
-            "4",
-            "-r",
-            "2",
-        ])
-        .args(["-t", "1,2", "-o", "json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let out = bench(&["-p", "16", "-n", "4", "-r", "2", "-t", "1,2", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
     let tests = v.as_array().unwrap();
     assert_eq!(tests.len(), 4);
     for t in tests {
@@ -39,46 +19,38 @@ fn bench_json_has_llama_bench_fields() {
     assert_eq!(tests[1]["n_gen"], 4);
     assert_eq!(tests[2]["n_threads"], 2);
 
+    let out = bench(&["-p", "8", "-n", "0", "-r", "1"]);
+    let md = String::from_utf8_lossy(&out);
+    assert!(md.contains("| pp8 |"), "{md}");
+}
+
+/// `dsrun bench -m <tiny model> ARGS`, which must succeed; its stdout.
+fn bench(args: &[&str]) -> Vec<u8> {
+    let m = common::model(common::TINY_Q8);
     let out = Command::new(env!("CARGO_BIN_EXE_dsrun"))
-        .args([
-            "bench",
-            "-m",
-            m.to_str().unwrap(),
-            "-p",
-            "8",
-            "-n",
-            "0",
-            "-r",
-            "1",
-        ])
+        .args(["bench", "-m", m.to_str().unwrap()])
+        .args(args)
         .output()
         .unwrap();
-    let md = String::from_utf8_lossy(&out.stdout);
-    assert!(md.contains("| pp8 |"), "{md}");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
 }
 
 /// `-d`: each test after that many tokens, as llama-bench names it ("pp8 @ d24"); a windowed
 /// cache, which cannot rewind, evaluates the depth again before each run.
 #[test]
 fn bench_depth_names_tests_and_runs_with_a_window() {
-    let m = common::model(common::TINY_Q8);
-    let run = |extra: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_dsrun"))
-            .args(["bench", "-m", m.to_str().unwrap(), "-p", "8", "-n", "2"])
-            .args(["-r", "2", "-t", "1", "-d", "0,24", "-o", "json"])
-            .args(extra)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        v.as_array().unwrap().clone()
-    };
+    let common = [
+        "-p", "8", "-n", "2", "-r", "2", "-t", "1", "-d", "0,24", "-o", "json",
+    ];
     for extra in [&[][..], &["--kv-window", "6", "--kv-sinks", "2"]] {
-        let tests = run(extra);
+        let out = bench(&[&common[..], extra].concat());
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        let tests = v.as_array().unwrap();
         let got: Vec<_> = tests
             .iter()
             .map(|t| {
@@ -94,12 +66,8 @@ fn bench_depth_names_tests_and_runs_with_a_window() {
         assert_eq!(got, want, "{extra:?}");
         assert!(tests.iter().all(|t| t["avg_ts"].as_f64().unwrap() > 0.0));
     }
-    let out = Command::new(env!("CARGO_BIN_EXE_dsrun"))
-        .args(["bench", "-m", m.to_str().unwrap(), "-p", "8", "-n", "2"])
-        .args(["-r", "1", "-d", "24"])
-        .output()
-        .unwrap();
-    let md = String::from_utf8_lossy(&out.stdout);
+    let out = bench(&["-p", "8", "-n", "2", "-r", "1", "-d", "24"]);
+    let md = String::from_utf8_lossy(&out);
     assert!(
         md.contains("| pp8 @ d24 |") && md.contains("| tg2 @ d24 |"),
         "{md}"

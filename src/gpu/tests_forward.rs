@@ -8,7 +8,7 @@ use super::ops::{NormParams, StepUniform};
 use super::plan::{AttnParams, EwParams, RouteParams};
 use super::tests::{ctx, nmse, random_weights, view, NMSE};
 use super::*;
-use crate::kernels::attention::{attention, AttnInput};
+use crate::kernels::attention::{attention, AttnInput, Rows};
 use crate::kernels::matmul::matmul;
 use crate::kernels::norm::rms_norm_rows;
 use crate::model::arch::{Gating, Routing};
@@ -230,8 +230,8 @@ fn kv_store_and_attention_match_cpu() {
         attention(
             &AttnInput {
                 q: &q,
-                k: &all_k,
-                v: &all_v,
+                k: Rows::F32(&all_k),
+                v: Rows::F32(&all_v),
                 n_head,
                 n_head_kv,
                 head_dim: hd,

@@ -14,7 +14,7 @@ use super::moe_select::MoeState;
 use super::weights::{Attn, AttnWeights, Ffn, Weights};
 use crate::kernels;
 use crate::kernels::activation::{gelu_f16_table, glu, glu_gelu_f16, silu};
-use crate::kernels::attention::AttnInput;
+use crate::kernels::attention::{AttnInput, Rows};
 use crate::kernels::norm::rms_norm_rows;
 use crate::kernels::rope::RopeParams;
 
@@ -215,16 +215,25 @@ fn attention(
         rope.apply(&mut k[t * kv_dim..(t + 1) * kv_dim], hd, pos0 + t);
     }
     kv.rotate_in(&mut q, &mut k, &mut v, hd);
-    // The cached rows this batch can see, widened to f32 once per layer and batch rather than
-    // once per query and head; from position `base` on (0, or the window's start in a ring).
-    let (kc, vc, base) = kv.store_and_view(il, pos0, &k, &v);
+    // The cached rows this batch can see, from position `base` on: a full layer's as stored
+    // (attention widens them a block at a time), a ring's widened to f32 here, in order from
+    // the window's start.
+    let ring;
+    let (kr, vr, base) = if kv.window(il).is_some() {
+        ring = kv.store_and_view(il, pos0, &k, &v);
+        (Rows::F32(&ring.0), Rows::F32(&ring.1), ring.2)
+    } else {
+        kv.store(il, pos0, &k, &v);
+        let (kr, vr) = kv.view(il, pos0 + n);
+        (kr, vr, 0)
+    };
     kv.round_queries(&mut q);
     // out: (n, n_head * hd)
     let mut out = vec![0.0f32; n * q_dim];
     let inp = AttnInput {
         q: &q,
-        k: &kc,
-        v: &vc,
+        k: kr,
+        v: vr,
         n_head: hp.n_head,
         n_head_kv: hp.n_head_kv,
         head_dim: hd,

@@ -13,6 +13,7 @@ use half::vec::HalfBitsVecExt;
 
 use super::kv_window::{StreamConfig, StreamLayer};
 use crate::error::{Error, Result};
+use crate::kernels::attention;
 use crate::tensor::quants;
 use crate::tensor::GgmlType;
 
@@ -106,6 +107,18 @@ impl Buf {
 
     fn widen(&self, il: usize, n_pos: usize, out: &mut [f32]) {
         self.widen_from(il, 0, n_pos, out)
+    }
+
+    /// The first `n_pos` rows of layer `il` as stored, for attention to read in place.
+    fn view(&self, il: usize, n_pos: usize, kv_dim: usize) -> attention::Rows<'_> {
+        match &self.rows[il] {
+            Rows::F16(d) => attention::Rows::F16(&d[..n_pos * kv_dim]),
+            Rows::Quant(d) => attention::Rows::Quant {
+                ty: self.ty,
+                data: &d[..n_pos * self.row_bytes],
+                row_bytes: self.row_bytes,
+            },
+        }
     }
 
     /// Widens `n_pos` rows from slot `slot` on.
@@ -316,6 +329,20 @@ impl KvCache {
     /// The ring size of layer `il`, if it keeps only a window.
     pub fn window(&self, il: usize) -> Option<usize> {
         self.windows[il]
+    }
+
+    /// The K and V rows of positions `0..n` of full layer `il` as stored (f16 or quantized),
+    /// for attention to read in place: widening a 32K-position cache to f32 for every layer of
+    /// every decoded token cost more than the attention itself.
+    pub fn view(&self, il: usize, n: usize) -> (attention::Rows<'_>, attention::Rows<'_>) {
+        assert!(
+            self.windows[il].is_none(),
+            "layer {il} keeps a ring, not every position"
+        );
+        (
+            self.k.view(il, n, self.kv_dim),
+            self.v.view(il, n, self.kv_dim),
+        )
     }
 
     /// Stores the batch's K and V rows (positions `pos0..pos0 + n`) of layer `il` and returns

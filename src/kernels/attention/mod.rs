@@ -17,8 +17,12 @@
 //!   output elements at a time, or sixteen with AVX-512 ([`avx512`]), in passes of up to 64
 //!   (AVX2) or 256 (AVX-512) elements whose accumulators stay in registers.
 //!
-//! Work is split over (token, head) pairs with `crate::pool`; each task keeps a scratch score row, so
-//! memory is one row of scores per task, never the whole (n, n_kv) matrix.
+//! With AVX-512 (head_dim a multiple of 16) work is split over (tile of up to 8 tokens,
+//! key/value head) with `crate::pool`: the tile's heads and tokens go through the keys a block
+//! of 256 at a time, so each block is read from memory once per tile (`grouped_tile`), and a
+//! cache's own f16 or quantized rows are widened a block at a time inside it ([`Rows`]), never
+//! as a whole. Elsewhere work is split over (token, head) pairs, on rows widened first. Either
+//! way memory is a few rows of scores per task, never the whole (n, n_kv) matrix.
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
@@ -27,12 +31,14 @@ mod avx512;
 #[cfg(target_arch = "x86_64")]
 mod group;
 mod plain;
+mod rows;
 
 #[cfg(test)]
 mod tests;
 
 use super::qdot::{selected_level, SimdLevel};
 use super::softmax_lanes;
+pub use rows::Rows;
 
 /// One batch of queries against the cache rows they may see.
 #[derive(Debug, Clone, Copy)]
@@ -40,9 +46,9 @@ pub struct AttnInput<'a> {
     /// (n, n_head * head_dim): the batch's queries, after RoPE.
     pub q: &'a [f32],
     /// (pos0 + n, n_head_kv * head_dim): keys of every cached position up to the batch's end.
-    pub k: &'a [f32],
+    pub k: Rows<'a>,
     /// (pos0 + n, n_head_kv * head_dim): values, as `k`.
-    pub v: &'a [f32],
+    pub v: Rows<'a>,
     pub n_head: usize,
     pub n_head_kv: usize,
     pub head_dim: usize,
@@ -77,9 +83,9 @@ impl AttnInput<'_> {
         if let Some(s) = self.sinks {
             assert_eq!(s.len(), self.n_head, "attention: one sink per head");
         }
-        let seen = (self.pos0 + n) * kv_dim;
+        let seen = self.pos0 + n;
         assert!(
-            self.k.len() >= seen && self.v.len() >= seen,
+            self.k.len(kv_dim) >= seen && self.v.len(kv_dim) >= seen,
             "attention: the cache view holds fewer than pos0 + n positions"
         );
     }
@@ -151,6 +157,51 @@ pub fn attention_at(level: SimdLevel, inp: &AttnInput<'_>, out: &mut [f32]) {
     let hd = inp.head_dim;
     let (q_dim, kv_dim) = (inp.n_head * hd, inp.n_head_kv * hd);
     let group = inp.n_head / inp.n_head_kv;
+    // Small batches (decoding at short context) on the calling thread: rayon's wake-up costs
+    // more than the work (the bound is qmatmul's, in multiply-adds).
+    let n_tok = inp.n_tok();
+    let serial = n_tok * inp.n_head * (inp.pos0 + n_tok) * hd < PAR_MIN_MACS;
+    #[cfg(target_arch = "x86_64")]
+    if level >= SimdLevel::Avx512Vnni && level.is_available() && hd.is_multiple_of(16) {
+        // Tasks of a tile of tokens and one key/value head (`grouped_tile`): within one, each
+        // block of keys and values is read from memory once for every head and token. Results
+        // land key/value head after head, (token, group of heads) inside one, then in `out`.
+        let tile = tile_tokens(inp, group);
+        let gw = group * hd;
+        let mut parts = vec![0.0f32; out.len()];
+        let mut pieces = Vec::new();
+        for (kvh, plane) in parts.chunks_mut(n_tok * gw).enumerate() {
+            for (i, piece) in plane.chunks_mut(tile * gw).enumerate() {
+                pieces.push((kvh, i * tile, piece));
+            }
+        }
+        let task = |s: &mut Scratch, (kvh, t0, o): (usize, usize, &mut [f32])| {
+            grouped_tile(inp, kern, s, kvh, t0, o)
+        };
+        if serial {
+            let mut s = Scratch::default();
+            pieces.into_iter().for_each(|p| task(&mut s, p));
+        } else {
+            crate::pool::for_each_owned(pieces, |p| task(&mut Scratch::default(), p));
+        }
+        for (kvh, plane) in parts.chunks_exact(n_tok * gw).enumerate() {
+            for (t, r) in plane.chunks_exact(gw).enumerate() {
+                out[t * q_dim + kvh * gw..][..gw].copy_from_slice(r);
+            }
+        }
+        return;
+    }
+    // The per-head kernels read f32 rows: a cache's own rows are widened here, all at once.
+    let (kw, vw);
+    let (k, v) = match (inp.k.as_f32(), inp.v.as_f32()) {
+        (Some(k), Some(v)) => (k, v),
+        _ => {
+            let seen = inp.pos0 + n_tok;
+            kw = inp.k.widened(kv_dim, seen);
+            vw = inp.v.widened(kv_dim, seen);
+            (&kw[..], &vw[..])
+        }
+    };
     let one = |s: &mut Vec<f32>, (idx, o): (usize, &mut [f32])| {
         let (t, head) = (idx / inp.n_head, idx % inp.n_head);
         let pos = inp.pos0 + t;
@@ -159,7 +210,7 @@ pub fn attention_at(level: SimdLevel, inp: &AttnInput<'_>, out: &mut [f32]) {
         let q = &inp.q[t * q_dim + head * hd..t * q_dim + (head + 1) * hd];
         s.clear();
         s.resize(pos + 1 - lo, 0.0);
-        (kern.scores)(q, &inp.k[off..], kv_dim, inp.scale, s);
+        (kern.scores)(q, &k[off..], kv_dim, inp.scale, s);
         o.fill(0.0);
         if let Some(sinks) = inp.sinks {
             s.push(sinks[head]);
@@ -168,39 +219,8 @@ pub fn attention_at(level: SimdLevel, inp: &AttnInput<'_>, out: &mut [f32]) {
         } else {
             (kern.softmax)(s);
         }
-        (kern.values)(s, &inp.v[off..], kv_dim, o);
+        (kern.values)(s, &v[off..], kv_dim, o);
     };
-    // Small batches (decoding at short context) on the calling thread: rayon's wake-up costs
-    // more than the work (the bound is qmatmul's, in multiply-adds).
-    let n_tok = inp.n_tok();
-    let serial = n_tok * inp.n_head * (inp.pos0 + n_tok) * hd < PAR_MIN_MACS;
-    #[cfg(target_arch = "x86_64")]
-    if group >= 2 && level >= SimdLevel::Avx512Vnni && level.is_available() && hd.is_multiple_of(16)
-    {
-        // Tiles of tokens (`grouped_tile`): within one, each block of keys and values is read
-        // from memory once for every head and token of the tile.
-        let tile = tile_tokens(inp, group);
-        let chunk = tile * q_dim;
-        let task = |s: &mut Vec<f32>, t0: usize, o: &mut [f32]| grouped_tile(inp, kern, s, t0, o);
-        if serial {
-            let mut s = Vec::new();
-            for (i, o) in out.chunks_mut(chunk).enumerate() {
-                task(&mut s, i * tile, o);
-            }
-        } else {
-            let per_task = n_tok
-                .div_ceil(tile)
-                .div_ceil(crate::pool::threads() * 8)
-                .max(1);
-            crate::pool::for_each_chunk_mut(out, per_task * chunk, |c, o| {
-                let mut s = Vec::new();
-                for (i, oi) in o.chunks_mut(chunk).enumerate() {
-                    task(&mut s, (c * per_task + i) * tile, oi);
-                }
-            });
-        }
-        return;
-    }
     if serial {
         let mut s = Vec::new();
         out.chunks_exact_mut(hd)
@@ -227,13 +247,22 @@ fn tile_tokens(inp: &AttnInput<'_>, group: usize) -> usize {
     ((2 << 20) / (group * row)).clamp(1, 8)
 }
 
+/// Scratch of one task of [`grouped_tile`]: the tile's score rows, and a block of one head's
+/// keys or values widened to f32 when the view is not f32.
+#[cfg(target_arch = "x86_64")]
+#[derive(Default)]
+struct Scratch {
+    scores: Vec<f32>,
+    block: Vec<f32>,
+}
+
 /// Keys per block in [`grouped_tile`]: a block of one head's keys or values (256 rows of up to
 /// 256 floats) stays in the core's L2 while every head and token of the tile uses it.
 #[cfg(target_arch = "x86_64")]
 const KEY_BLOCK: usize = 256;
 
-/// Every head of the tokens `t0..t0 + o.len() / q_dim` into `o`, one key/value head after the
-/// other: scores two heads at a time, block of keys by block of keys for every token of the
+/// The heads of key/value head `kvh` for the tokens `t0..t0 + o.len() / (group * head_dim)`
+/// into `o` (token after token, head after head): scores two heads at a time, block of keys by block of keys for every token of the
 /// tile, each (token, head)'s softmax over its whole row, then the value sums, again block by
 /// block, four (or two) heads at a time; an odd head through the per-head kernels. A score or
 /// an output element sees the same operations in the same order as without tiles: tiling only
@@ -242,11 +271,18 @@ const KEY_BLOCK: usize = 256;
 /// streamed them from L3 or memory). `s` is scratch for the scores, one row of `n_keys + 1`
 /// per (token, head), the last for a sink.
 #[cfg(target_arch = "x86_64")]
-fn grouped_tile(inp: &AttnInput<'_>, kern: Kernels, s: &mut Vec<f32>, t0: usize, o: &mut [f32]) {
+fn grouped_tile(
+    inp: &AttnInput<'_>,
+    kern: Kernels,
+    sc: &mut Scratch,
+    kvh: usize,
+    t0: usize,
+    o: &mut [f32],
+) {
     let hd = inp.head_dim;
     let (q_dim, kv_dim) = (inp.n_head * hd, inp.n_head_kv * hd);
     let group = inp.n_head / inp.n_head_kv;
-    let nt = o.len() / q_dim;
+    let nt = o.len() / (group * hd);
     // The keys token i of the tile sees: lo..end.
     let span = |i: usize| {
         let pos = inp.pos0 + t0 + i;
@@ -258,81 +294,84 @@ fn grouped_tile(inp: &AttnInput<'_>, kern: Kernels, s: &mut Vec<f32>, t0: usize,
     let (first, last) = (span(0).0, span(nt - 1).1);
     let row = last - first + 1;
     o.fill(0.0);
-    for kvh in 0..inp.n_head_kv {
-        let head0 = kvh * group;
-        let q = |i: usize, h: usize| &inp.q[(t0 + i) * q_dim + (head0 + h) * hd..][..hd];
-        s.clear();
-        s.resize(nt * group * row, 0.0);
-        let mut rows: Vec<&mut [f32]> = s.chunks_exact_mut(row).collect();
-        let blocks = || {
-            (first..last)
-                .step_by(KEY_BLOCK)
-                .map(|b| (b, (b + KEY_BLOCK).min(last)))
-        };
-        // The keys a..b of block (b0, b1) that token i sees, if any.
-        let part = |i: usize, (b0, b1): (usize, usize)| {
-            let (lo, end) = span(i);
-            let (a, b) = (lo.max(b0), end.min(b1));
-            (a < b).then_some((a, b, lo))
-        };
-        for blk in blocks() {
-            for i in 0..nt {
-                let Some((a, b, lo)) = part(i, blk) else {
-                    continue;
-                };
-                let k = &inp.k[a * kv_dim + kvh * hd..];
-                let r = &mut rows[i * group..(i + 1) * group];
-                let mut h = 0;
-                while h < group {
-                    if h + 1 < group {
-                        let (x, y) = r[h..h + 2].split_at_mut(1);
-                        let pair = (&mut x[0][a - lo..b - lo], &mut y[0][a - lo..b - lo]);
-                        group::scores_pair((q(i, h), q(i, h + 1)), k, kv_dim, inp.scale, pair);
-                        h += 2;
-                    } else {
-                        (kern.scores)(q(i, h), k, kv_dim, inp.scale, &mut r[h][a - lo..b - lo]);
-                        h += 1;
-                    }
-                }
-            }
-        }
+    let head0 = kvh * group;
+    let q = |i: usize, h: usize| &inp.q[(t0 + i) * q_dim + (head0 + h) * hd..][..hd];
+    let Scratch { scores: s, block } = &mut *sc;
+    s.clear();
+    s.resize(nt * group * row, 0.0);
+    let mut rows: Vec<&mut [f32]> = s.chunks_exact_mut(row).collect();
+    let cols = kvh * hd..(kvh + 1) * hd;
+    let blocks = || {
+        (first..last)
+            .step_by(KEY_BLOCK)
+            .map(|b| (b, (b + KEY_BLOCK).min(last)))
+    };
+    // The keys a..b of block (b0, b1) that token i sees, if any.
+    let part = |i: usize, (b0, b1): (usize, usize)| {
+        let (lo, end) = span(i);
+        let (a, b) = (lo.max(b0), end.min(b1));
+        (a < b).then_some((a, b, lo))
+    };
+    for blk in blocks() {
+        // The block's keys of this head: the view itself, or widened into `block`.
+        let (kb, stride) = inp.k.block(kv_dim, blk.0..blk.1, cols.clone(), block);
         for i in 0..nt {
-            let (lo, end) = span(i);
-            let n = end - lo;
-            for h in 0..group {
-                let r = &mut rows[i * group + h];
-                match inp.sinks {
-                    Some(sinks) => {
-                        r[n] = sinks[head0 + h];
-                        (kern.softmax)(&mut r[..=n]);
-                    }
-                    None => (kern.softmax)(&mut r[..n]),
+            let Some((a, b, lo)) = part(i, blk) else {
+                continue;
+            };
+            let k = &kb[(a - blk.0) * stride..];
+            let r = &mut rows[i * group..(i + 1) * group];
+            let mut h = 0;
+            while h < group {
+                if h + 1 < group {
+                    let (x, y) = r[h..h + 2].split_at_mut(1);
+                    let pair = (&mut x[0][a - lo..b - lo], &mut y[0][a - lo..b - lo]);
+                    group::scores_pair((q(i, h), q(i, h + 1)), k, stride, inp.scale, pair);
+                    h += 2;
+                } else {
+                    (kern.scores)(q(i, h), k, stride, inp.scale, &mut r[h][a - lo..b - lo]);
+                    h += 1;
                 }
             }
         }
-        for blk in blocks() {
-            for i in 0..nt {
-                let Some((a, b, lo)) = part(i, blk) else {
-                    continue;
-                };
-                let v = &inp.v[a * kv_dim + kvh * hd..];
-                let p = |h: usize| &rows[i * group + h][a - lo..b - lo];
-                let o = &mut o[i * q_dim + head0 * hd..][..group * hd];
-                let mut h = 0;
-                while h < group {
-                    let left = group - h;
-                    let o = &mut o[h * hd..];
-                    if left >= 4 {
-                        let ps = [0, 1, 2, 3].map(|x| p(h + x));
-                        group::values_group::<4>(ps, v, kv_dim, &mut o[..4 * hd]);
-                        h += 4;
-                    } else if left >= 2 {
-                        group::values_group::<2>([p(h), p(h + 1)], v, kv_dim, &mut o[..2 * hd]);
-                        h += 2;
-                    } else {
-                        (kern.values)(p(h), v, kv_dim, &mut o[..hd]);
-                        h += 1;
-                    }
+    }
+    for i in 0..nt {
+        let (lo, end) = span(i);
+        let n = end - lo;
+        for h in 0..group {
+            let r = &mut rows[i * group + h];
+            match inp.sinks {
+                Some(sinks) => {
+                    r[n] = sinks[head0 + h];
+                    (kern.softmax)(&mut r[..=n]);
+                }
+                None => (kern.softmax)(&mut r[..n]),
+            }
+        }
+    }
+    for blk in blocks() {
+        let (vb, stride) = inp.v.block(kv_dim, blk.0..blk.1, cols.clone(), block);
+        for i in 0..nt {
+            let Some((a, b, lo)) = part(i, blk) else {
+                continue;
+            };
+            let v = &vb[(a - blk.0) * stride..];
+            let p = |h: usize| &rows[i * group + h][a - lo..b - lo];
+            let o = &mut o[i * group * hd..][..group * hd];
+            let mut h = 0;
+            while h < group {
+                let left = group - h;
+                let o = &mut o[h * hd..];
+                if left >= 4 {
+                    let ps = [0, 1, 2, 3].map(|x| p(h + x));
+                    group::values_group::<4>(ps, v, stride, &mut o[..4 * hd]);
+                    h += 4;
+                } else if left >= 2 {
+                    group::values_group::<2>([p(h), p(h + 1)], v, stride, &mut o[..2 * hd]);
+                    h += 2;
+                } else {
+                    (kern.values)(p(h), v, stride, &mut o[..hd]);
+                    h += 1;
                 }
             }
         }

@@ -98,6 +98,16 @@ const CASES: &[Case] = &[
         n: 19,
         window: Some(260),
     },
+    // head_dim 48: the second head's columns start inside a block of 32 (quantized rows),
+    // past a block of keys
+    Case {
+        n_head: 4,
+        n_head_kv: 2,
+        head_dim: 48,
+        pos0: 300,
+        n: 9,
+        window: None,
+    },
     // head_dim 12: not a multiple of 8 (plain everywhere)
     Case {
         n_head: 2,
@@ -121,8 +131,8 @@ fn inputs(c: &Case, rng: &mut Rng, mag: f32) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
 fn input<'a>(c: &Case, q: &'a [f32], k: &'a [f32], v: &'a [f32]) -> AttnInput<'a> {
     AttnInput {
         q,
-        k,
-        v,
+        k: Rows::F32(k),
+        v: Rows::F32(v),
         n_head: c.n_head,
         n_head_kv: c.n_head_kv,
         head_dim: c.head_dim,
@@ -238,4 +248,70 @@ fn short_cache_view_panics() {
     let (q, k, v) = inputs(c, &mut rng, 1.0);
     let inp = input(c, &q, &k[..k.len() - 1], &v);
     attention(&inp, &mut vec![0.0; q.len()]);
+}
+
+/// A view of stored rows: f16 ones, or quantized ones of `row_bytes`.
+fn view(
+    ty: crate::tensor::GgmlType,
+    row_bytes: usize,
+    (h, b): &(Vec<half::f16>, Vec<u8>),
+) -> Rows<'_> {
+    match ty {
+        crate::tensor::GgmlType::F16 => Rows::F16(h),
+        _ => Rows::Quant {
+            ty,
+            data: b,
+            row_bytes,
+        },
+    }
+}
+
+/// A cache's own rows, read in place (f16, q8_0, q4_0: the tiled path widens a block of one
+/// head at a time, the per-head path the whole view), give what the same rows widened to f32
+/// beforehand give, bit for bit, at every level.
+#[test]
+fn stored_rows_read_in_place_equal_rows_widened_first() {
+    use crate::tensor::{quants, GgmlType};
+    use half::f16;
+    let mut rng = Rng::new(17);
+    for c in CASES {
+        let kv_dim = c.n_head_kv * c.head_dim;
+        let (q, k, v) = inputs(c, &mut rng, 4.0);
+        for ty in [GgmlType::F16, GgmlType::Q8_0, GgmlType::Q4_0] {
+            let (stored, widened): (Vec<_>, Vec<Vec<f32>>) = if ty == GgmlType::F16 {
+                let h = |x: &[f32]| x.iter().map(|&a| f16::from_f32(a)).collect::<Vec<_>>();
+                let (kh, vh) = (h(&k), h(&v));
+                let w = |x: &[f16]| x.iter().map(|a| a.to_f32()).collect();
+                let widened = vec![w(&kh), w(&vh)];
+                (vec![(kh, Vec::new()), (vh, Vec::new())], widened)
+            } else {
+                if !kv_dim.is_multiple_of(32) {
+                    continue;
+                }
+                let enc = |x: &[f32]| {
+                    let mut b = vec![0u8; x.len() / 32 * ty.type_size().unwrap()];
+                    quants::quantize(ty, x, &mut b).unwrap();
+                    let mut w = vec![0.0f32; x.len()];
+                    quants::dequantize(ty, &b, &mut w).unwrap();
+                    ((Vec::new(), b), w)
+                };
+                let ((ks, kw), (vs, vw)) = (enc(&k), enc(&v));
+                (vec![ks, vs], vec![kw, vw])
+            };
+            let row_bytes = kv_dim / 32 * ty.type_size().unwrap_or(0);
+            let plain_in = input(c, &q, &widened[0], &widened[1]);
+            let mut want = vec![0.0; q.len()];
+            attention_at(SimdLevel::Plain, &plain_in, &mut want);
+            for level in SimdLevel::available() {
+                let inp = AttnInput {
+                    k: view(ty, row_bytes, &stored[0]),
+                    v: view(ty, row_bytes, &stored[1]),
+                    ..plain_in
+                };
+                let mut got = vec![1.0; q.len()];
+                attention_at(level, &inp, &mut got);
+                assert_eq!(got, want, "{ty} {level:?} head_dim {}", c.head_dim);
+            }
+        }
+    }
 }
