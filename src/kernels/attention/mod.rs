@@ -17,11 +17,12 @@
 //!   output elements at a time, or sixteen with AVX-512 ([`avx512`]), in passes of up to 64
 //!   (AVX2) or 256 (AVX-512) elements whose accumulators stay in registers.
 //!
-//! With AVX-512 (head_dim a multiple of 16) work is split over (tile of up to 8 tokens,
+//! With AVX2 or AVX-512 (head_dim a multiple of 8) work is split over (tile of up to 8 tokens,
 //! key/value head) with `crate::pool`: the tile's heads and tokens go through the keys a block
 //! of 256 at a time, so each block is read from memory once per tile (`grouped_tile`), and a
 //! cache's own f16 or quantized rows are widened a block at a time inside it ([`Rows`]), never
-//! as a whole. Elsewhere work is split over (token, head) pairs, on rows widened first. Either
+//! as a whole. The plain level (the reference) splits work over (token, head) pairs, on rows
+//! widened first. Either
 //! way memory is a few rows of scores per task, never the whole (n, n_kv) matrix.
 
 #[cfg(target_arch = "x86_64")]
@@ -162,12 +163,17 @@ pub fn attention_at(level: SimdLevel, inp: &AttnInput<'_>, out: &mut [f32]) {
     let n_tok = inp.n_tok();
     let serial = n_tok * inp.n_head * (inp.pos0 + n_tok) * hd < PAR_MIN_MACS;
     #[cfg(target_arch = "x86_64")]
-    if level >= SimdLevel::Avx512Vnni && level.is_available() && hd.is_multiple_of(16) {
+    if level >= SimdLevel::Avx2 && level.is_available() && hd.is_multiple_of(8) {
         // Tasks of a tile of tokens and one key/value head (`grouped_tile`): within one, each
         // block of keys and values is read from memory once for every head and token. Results
         // land key/value head after head, (token, group of heads) inside one, then in `out`.
         let tile = tile_tokens(inp, group);
         let gw = group * hd;
+        // The AVX-512 kernels that take two or four heads of a group at once.
+        let kern = Tiled {
+            kern,
+            wide: level >= SimdLevel::Avx512Vnni && hd.is_multiple_of(16),
+        };
         let mut parts = vec![0.0f32; out.len()];
         let mut pieces = Vec::new();
         for (kvh, plane) in parts.chunks_mut(n_tok * gw).enumerate() {
@@ -247,6 +253,15 @@ fn tile_tokens(inp: &AttnInput<'_>, group: usize) -> usize {
     ((2 << 20) / (group * row)).clamp(1, 8)
 }
 
+/// The kernels of [`grouped_tile`]: the level's per-head ones, and with `wide` the AVX-512
+/// ones for two or four heads of a group at once.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+struct Tiled {
+    kern: Kernels,
+    wide: bool,
+}
+
 /// Scratch of one task of [`grouped_tile`]: the tile's score rows, and a block of one head's
 /// keys or values widened to f32 when the view is not f32.
 #[cfg(target_arch = "x86_64")]
@@ -262,18 +277,19 @@ struct Scratch {
 const KEY_BLOCK: usize = 256;
 
 /// The heads of key/value head `kvh` for the tokens `t0..t0 + o.len() / (group * head_dim)`
-/// into `o` (token after token, head after head): scores two heads at a time, block of keys by block of keys for every token of the
-/// tile, each (token, head)'s softmax over its whole row, then the value sums, again block by
-/// block, four (or two) heads at a time; an odd head through the per-head kernels. A score or
-/// an output element sees the same operations in the same order as without tiles: tiling only
-/// changes which work runs next to which, so each key and value row is read from memory once
-/// per tile and not once per token (at 32K tokens one head's keys are 8 MiB: a per-token pass
-/// streamed them from L3 or memory). `s` is scratch for the scores, one row of `n_keys + 1`
-/// per (token, head), the last for a sink.
+/// into `o` (token after token, head after head): scores (two heads at a time with `wide`),
+/// block of keys by block of keys for every token of the tile, each (token, head)'s softmax
+/// over its whole row, then the value sums, again block by block (four or two heads at a time
+/// with `wide`, otherwise and for an odd head the per-head kernels). A score or an output
+/// element sees the same operations in the same order as without tiles: tiling only changes
+/// which work runs next to which, so each key and value row is read from memory once per tile
+/// and not once per token (at 32K tokens one head's keys are 8 MiB: a per-token pass streamed
+/// them from L3 or memory). `sc` holds the scores, one row of `n_keys + 1` per (token, head),
+/// the last for a sink, and a widened block.
 #[cfg(target_arch = "x86_64")]
 fn grouped_tile(
     inp: &AttnInput<'_>,
-    kern: Kernels,
+    Tiled { kern, wide }: Tiled,
     sc: &mut Scratch,
     kvh: usize,
     t0: usize,
@@ -323,7 +339,7 @@ fn grouped_tile(
             let r = &mut rows[i * group..(i + 1) * group];
             let mut h = 0;
             while h < group {
-                if h + 1 < group {
+                if wide && h + 1 < group {
                     let (x, y) = r[h..h + 2].split_at_mut(1);
                     let pair = (&mut x[0][a - lo..b - lo], &mut y[0][a - lo..b - lo]);
                     group::scores_pair((q(i, h), q(i, h + 1)), k, stride, inp.scale, pair);
@@ -362,11 +378,11 @@ fn grouped_tile(
             while h < group {
                 let left = group - h;
                 let o = &mut o[h * hd..];
-                if left >= 4 {
+                if wide && left >= 4 {
                     let ps = [0, 1, 2, 3].map(|x| p(h + x));
                     group::values_group::<4>(ps, v, stride, &mut o[..4 * hd]);
                     h += 4;
-                } else if left >= 2 {
+                } else if wide && left >= 2 {
                     group::values_group::<2>([p(h), p(h + 1)], v, stride, &mut o[..2 * hd]);
                     h += 2;
                 } else {

@@ -140,7 +140,19 @@ mod fast {
         out: &mut [f32],
     ) -> bool {
         if !std::arch::is_x86_feature_detected!("avx512f") || !cols.len().is_multiple_of(16) {
-            return false;
+            // AVX2 machines: f16 rows through F16C, 8 values at a time.
+            return match *rows {
+                Rows::F16(d)
+                    if std::arch::is_x86_feature_detected!("f16c")
+                        && cols.len().is_multiple_of(8) =>
+                {
+                    assert!(pos.end * kv_dim <= d.len() && cols.end <= kv_dim);
+                    // SAFETY: F16C (and AVX) is available; bounds as below.
+                    unsafe { f16_rows_f16c(d.as_ptr().cast(), kv_dim, pos, cols, out) };
+                    true
+                }
+                _ => false,
+            };
         }
         match *rows {
             Rows::F16(d) => {
@@ -194,6 +206,26 @@ mod fast {
         }
     }
 
+    #[target_feature(enable = "avx,f16c")]
+    pub(super) unsafe fn f16_rows_f16c(
+        d: *const u16,
+        kv_dim: usize,
+        pos: Range<usize>,
+        cols: Range<usize>,
+        out: &mut [f32],
+    ) {
+        let w = cols.len();
+        for (p, o) in pos.zip(out.chunks_exact_mut(w)) {
+            for c in (0..w).step_by(8) {
+                // SAFETY: the caller's bounds.
+                unsafe {
+                    let h = _mm_loadu_si128(d.add(p * kv_dim + cols.start + c).cast());
+                    _mm256_storeu_ps(o.as_mut_ptr().add(c), _mm256_cvtph_ps(h));
+                }
+            }
+        }
+    }
+
     /// The f32 scale of the block at `b` (an f16 in its first two bytes).
     fn scale(b: &[u8]) -> f32 {
         half::f16::from_le_bytes([b[0], b[1]]).to_f32()
@@ -236,5 +268,43 @@ mod fast {
                 }
             }
         }
+    }
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use super::*;
+
+    /// The F16C form (which an AVX-512 machine never picks) equals the plain conversion,
+    /// infinities and NaN included.
+    #[test]
+    fn f16c_rows_equal_plain() {
+        if !std::arch::is_x86_feature_detected!("f16c") {
+            return;
+        }
+        let mut rng = crate::rng::Rng::new(3);
+        let (kv_dim, n) = (48, 7);
+        let mut d: Vec<f16> = rng
+            .vec(kv_dim * n, 70000.0)
+            .into_iter()
+            .map(f16::from_f32)
+            .collect();
+        d[5] = f16::NAN;
+        d[50] = f16::NEG_INFINITY;
+        let (pos, cols) = (2..7, 8..40);
+        let mut want = vec![0.0f32; pos.len() * cols.len()];
+        for (p, o) in pos.clone().zip(want.chunks_exact_mut(cols.len())) {
+            for (o, x) in o
+                .iter_mut()
+                .zip(&d[p * kv_dim + cols.start..p * kv_dim + cols.end])
+            {
+                *o = x.to_f32();
+            }
+        }
+        let mut got = vec![0.0f32; want.len()];
+        // SAFETY: F16C is available; rows 2..7 and columns 8..40 lie inside 7 rows of 48.
+        unsafe { fast::f16_rows_f16c(d.as_ptr().cast(), kv_dim, pos, cols, &mut got) };
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&got), bits(&want));
     }
 }
