@@ -99,6 +99,7 @@ impl<'a> Rows<'a> {
     /// The rows of positions `pos` and columns `cols` as an f32 slice and its row stride:
     /// the view itself where it is f32 (rows `kv_dim` apart), else widened into `scratch`
     /// (rows `cols.len()` apart).
+    #[cfg(target_arch = "x86_64")]
     pub(super) fn block<'s>(
         &self,
         kv_dim: usize,
