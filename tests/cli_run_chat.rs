@@ -119,7 +119,7 @@ fn bad_input_gives_one_clear_line() {
 #[test]
 fn chat_in_a_terminal() {
     let cmd = format!(
-        "{} chat -m {} --temp 0 -c 2048 -n 400 --system 'You are a test.'",
+        "{} chat -m {} --temp 0 -c 16384 -n 4000 --system 'You are a test.'",
         bin(),
         tiny()
     );
@@ -136,7 +136,9 @@ fn chat_in_a_terminal() {
     p.send_line("/stats").unwrap();
     p.exp_string("5 messages").unwrap();
     p.exp_string("> ").unwrap();
-    // Ctrl-C stops the reply in progress and keeps the session.
+    // Ctrl-C stops the reply in progress and keeps the session. The reply may run to 4000
+    // tokens, seconds even for the tiny model (400 tokens took under the 300 ms below on an
+    // idle machine, so the reply had ended before the Ctrl-C came).
     p.send_line("Tell me a very long story about the sea.")
         .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(300));
